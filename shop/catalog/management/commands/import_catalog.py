@@ -1,0 +1,352 @@
+"""``manage.py import_catalog PATH.csv``: load products and their images from a CSV file.
+
+One row per image; rows sharing an id make one product with several images. The image column
+holds a path (relative to the CSV's folder, or absolute) or an http(s) URL. Re-running the same
+file creates nothing new: an image is known by its product and its ``source`` string, and a
+product by its external id; a product's fields come from its first row, and a changed row
+updates them. Bad rows are reported on stderr and skipped; they never stop the import.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import time
+import urllib.request as urlrequest
+import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from functools import partial
+from http.client import HTTPException
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.error import HTTPError, URLError
+from urllib.parse import unquote, urlsplit
+
+from django.core.files.base import ContentFile
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DataError, IntegrityError, models, transaction
+from django.utils.text import slugify
+from PIL import Image
+from tqdm import tqdm
+
+from shop.catalog.models import Category, Product, ProductImage
+
+ALIASES = {  # field: the CSV columns that may hold it, first found wins
+    "external_id": ("id", "external_id"),
+    "image": ("file", "image"),
+    "name": ("productDisplayName", "name"),
+    "category": ("articleType", "category"),
+}
+# Columns never shown in the built description (the category column is added per file).
+OWN_COLUMNS = {"description", "price", "in_stock"}
+OWN_COLUMNS |= {column for f in ("external_id", "image", "name") for column in ALIASES[f]}
+LABELS = {"baseColour": "Colour", "masterCategory": "Department", "subCategory": "Section"}
+TRUE, FALSE = {"1", "true", "yes", "y", "t"}, {"0", "false", "no", "n", "f"}
+UNCATEGORIZED = "Uncategorized"
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")  # two letters at least: C:\ is a path
+
+
+class RowError(Exception):
+    """A row that cannot be imported; the message is the reason shown to the user."""
+
+
+@dataclass
+class ImageRow:
+    number: int  # the row in the file, the header being row 1
+    source: str
+    position: int
+    future: Future | None = None  # the bytes, when the image has to be fetched
+
+
+@dataclass
+class ProductRows:
+    external_id: str
+    fields: dict[str, Any]
+    images: list[ImageRow] = field(default_factory=list)
+
+
+def fetch_image(source: str, base_dir: Path, *, timeout: float, max_bytes: int) -> bytes:
+    """The bytes of a local file or an http(s) URL, checked to be an image, else ``RowError``."""
+    scheme = _SCHEME.match(source)
+    try:
+        if scheme and scheme.group(1).lower() in {"http", "https"}:
+            data = download(source, timeout=timeout, max_bytes=max_bytes)
+        elif scheme:
+            raise RowError(f"unsupported URL scheme {scheme.group(1)!r} (only http and https)")
+        else:
+            with (base_dir / Path(source).expanduser()).open("rb") as handle:
+                data = handle.read(max_bytes + 1)
+    except HTTPError as exc:
+        raise RowError(f"HTTP {exc.code} {exc.reason} for {source}") from None
+    except URLError as exc:
+        raise RowError(f"cannot fetch {source}: {exc.reason}") from None
+    except TimeoutError:
+        raise RowError(f"timed out after {timeout:g}s fetching {source}") from None
+    except FileNotFoundError:
+        raise RowError(f"file not found: {source}") from None
+    except (OSError, ValueError, HTTPException) as exc:
+        raise RowError(f"cannot read {source}: {exc!r}") from None
+    if len(data) > max_bytes:
+        raise RowError(f"{source} is larger than --max-bytes {max_bytes:,}")
+    try:
+        Image.open(io.BytesIO(data)).verify()
+    except Exception:
+        raise RowError(f"not an image: {source}") from None
+    return data
+
+
+def download(url: str, *, timeout: float, max_bytes: int) -> bytes:
+    """GET ``url`` within ``timeout`` seconds in all; at most ``max_bytes + 1`` bytes are read.
+
+    Redirects are followed to http(s) URLs only.
+    """
+    deadline = time.monotonic() + timeout
+    request = urlrequest.Request(url, headers={"User-Agent": "shop-import-catalog/1.0"})
+    chunks, size = [], 0
+    with _OPENER.open(request, timeout=timeout) as response:
+        while size <= max_bytes and (chunk := response.read(64 * 1024)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if time.monotonic() > deadline:
+                raise TimeoutError
+    return b"".join(chunks)
+
+
+class _HTTPRedirects(urlrequest.HTTPRedirectHandler):
+    """Follows redirects to http(s) URLs only (the stdlib's handler also follows ``ftp:``)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urlsplit(newurl).scheme.lower() not in {"http", "https"}:
+            raise HTTPError(newurl, code, f"redirect to {newurl} refused", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urlrequest.build_opener(_HTTPRedirects)
+
+
+def product_fields(row: dict[str, str], columns: dict[str, str | None]) -> dict[str, Any]:
+    """A product's fields from its first row, or ``RowError``."""
+    value = lambda column: (row.get(column) or "").strip() if column else ""  # noqa: E731
+    name = value(columns["name"]) or value("name")
+    if not name:
+        raise RowError("missing name")
+    try:
+        price = Decimal(value("price")) if value("price") else None
+        if price is not None and not (0 <= price < 10**8):
+            raise InvalidOperation
+    except InvalidOperation:
+        raise RowError(f"invalid price {value('price')!r}") from None
+    stock = value("in_stock").lower()
+    if stock and stock not in TRUE | FALSE:
+        raise RowError(f"invalid in_stock {value('in_stock')!r}")
+    return {
+        "name": name[:300],
+        "description": value("description") or describe(row, set(columns.values())),
+        "category": value(columns["category"])[:200] or UNCATEGORIZED,
+        "price": price if price is not None else demo_price(value(columns["external_id"])),
+        "in_stock": stock not in FALSE,
+    }
+
+
+def describe(row: dict[str, str], skip: set[str | None]) -> str:
+    """Readable text from the label columns: ``Gender: Women. Colour: White.``…"""
+    parts = []
+    for column, value in row.items():
+        if column and column not in skip | OWN_COLUMNS and value and value.strip():
+            label = LABELS.get(column) or re.sub(r"(?<=[a-z])(?=[A-Z])|_", " ", column)
+            parts.append(f"{label.strip().capitalize()}: {value.strip()}.")
+    return " ".join(parts)
+
+
+def demo_price(external_id: str) -> Decimal:
+    """A made-up but stable price between 9.99 and 199.99, for catalogs without prices."""
+    return Decimal(f"{9 + zlib.crc32(external_id.encode()) % 191}.99")
+
+
+def filename(source: str) -> str:
+    """The file name a path or URL ends with, for the stored copy."""
+    if _SCHEME.match(source):
+        return PurePosixPath(unquote(urlsplit(source).path)).name or "image"
+    return Path(source).name or "image"
+
+
+def unique_slug(model: type[models.Model], base: str, max_length: int) -> str:
+    """``base`` cut to ``max_length``, with ``-2``, ``-3``… appended while it is taken."""
+    slug, n = base[:max_length], 1
+    while model._base_manager.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base[: max_length - len(str(n)) - 1]}-{n}"
+    return slug
+
+
+class Command(BaseCommand):
+    help = "Import products and images from a CSV file (one row per image), idempotently."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("csv_path", type=Path, help="CSV file, one row per image.")
+        parser.add_argument("--category-column", help="Default: articleType, else category.")
+        parser.add_argument("--workers", type=int, default=8, help="Parallel fetches (8).")
+        parser.add_argument("--timeout", type=float, default=20.0, help="Seconds per URL (20).")
+        parser.add_argument("--max-bytes", type=int, default=20 * 2**20, help="Per file (20 MB).")
+        parser.add_argument("--limit", type=int, help="Import only the first N products.")
+        parser.add_argument("--dry-run", action="store_true", help="Check every row, save nothing.")
+        parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self.options, self.base_dir = options, options["csv_path"].resolve().parent
+        self.counts = dict.fromkeys(("created", "updated", "same", "added", "kept", "skipped"), 0)
+        if options["workers"] < 1 or (options["limit"] is not None and options["limit"] < 1):
+            raise CommandError("--workers and --limit must be at least 1.")
+        products = self.read_csv(options["csv_path"], options["category_column"], options["limit"])
+        known = set(  # images imported before: not fetched again
+            ProductImage.objects.filter(product__external_id__in=[p.external_id for p in products])
+            .exclude(source="")
+            .values_list("product__external_id", "source")
+        )
+        disable = options["no_progress"] or not self.stderr.isatty()
+        self.progress = tqdm(
+            total=len(products), unit="product", file=self.stderr._out, disable=disable
+        )
+        fetch = partial(
+            fetch_image,
+            base_dir=self.base_dir,
+            timeout=options["timeout"],
+            max_bytes=options["max_bytes"],
+        )
+        window: deque[ProductRows] = deque()  # products being fetched, written in file order
+        with self.progress, ThreadPoolExecutor(options["workers"]) as pool:
+            for product in products:
+                for image in product.images:
+                    if (product.external_id, image.source) not in known:
+                        image.future = pool.submit(fetch, image.source)
+                window.append(product)
+                if len(window) > 4 * options["workers"]:  # bounds the bytes held in memory
+                    self.import_product(window.popleft())
+            while window:
+                self.import_product(window.popleft())
+        c = self.counts
+        self.stdout.write(
+            ("Dry run, nothing saved. " if options["dry_run"] else "")
+            + f"Products: {c['created']} created, {c['updated']} updated, {c['same']} unchanged. "
+            f"Images: {c['added']} added, {c['kept']} unchanged. Rows skipped: {c['skipped']}."
+        )
+
+    def skip(self, number: int, reason: str) -> None:
+        """Report a bad row on stderr (above the progress bar) and count it."""
+        self.counts["skipped"] += 1
+        with tqdm.external_write_mode(file=self.stderr._out):
+            self.stderr.write(f"row {number}: {reason}; skipped", self.style.WARNING)
+
+    def read_csv(self, path: Path, category: str | None, limit: int | None) -> list[ProductRows]:
+        """The rows grouped by product in file order; rows that lack what is needed are skipped."""
+        groups: dict[str, ProductRows] = {}
+        try:
+            with path.open(encoding="utf-8-sig", newline="") as handle:
+                reader = csv.DictReader(handle)
+                header = reader.fieldnames or []
+                columns = {
+                    f: next((c for c in names if c in header), None) for f, names in ALIASES.items()
+                }
+                if category and category not in header:
+                    raise CommandError(f"{path} has no column {category!r}.")
+                columns["category"] = category or columns["category"]
+                if missing := [f for f in ("external_id", "image", "name") if not columns[f]]:
+                    accepted = " or ".join(c for f in missing for c in ALIASES[f])
+                    raise CommandError(f"{path} needs the columns {accepted}.")
+                if not columns["category"]:
+                    self.stderr.write(f"No category column: products go to {UNCATEGORIZED!r}.")
+                for number, row in enumerate(reader, start=2):
+                    external_id = (row.get(columns["external_id"]) or "").strip()
+                    source = (row.get(columns["image"]) or "").strip()
+                    if limit is not None and len(groups) >= limit and external_id not in groups:
+                        continue
+                    try:
+                        if not external_id or not source:
+                            raise RowError("missing id" if not external_id else "missing image")
+                        if len(external_id) > 100 or len(source) > 1000:
+                            raise RowError("id longer than 100 or image longer than 1000 chars")
+                        group = groups.get(external_id)
+                        if group is None:
+                            fields = product_fields(row, columns)
+                            group = groups[external_id] = ProductRows(external_id, fields)
+                        elif any(image.source == source for image in group.images):
+                            raise RowError(f"duplicate image {source} for id {external_id}")
+                    except RowError as exc:
+                        self.skip(number, str(exc))
+                        continue
+                    group.images.append(ImageRow(number, source, len(group.images)))
+        except OSError as exc:
+            raise CommandError(f"Cannot read {path}: {exc}") from exc
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise CommandError(f"{path} is not a readable UTF-8 CSV file: {exc}") from exc
+        return list(groups.values())
+
+    def import_product(self, rows: ProductRows) -> None:
+        """Save one product and its new images in one transaction, so they are enqueued together."""
+        images, before = [], dict(self.counts)
+        for image in rows.images:
+            try:
+                images.append((image, image.future.result() if image.future else None))
+            except RowError as exc:
+                self.skip(image.number, str(exc))
+        try:
+            with transaction.atomic():
+                self.save_product(rows, images)
+        except (IntegrityError, DataError) as exc:  # e.g. another import of the same product
+            self.counts = before
+            for image, _ in images:
+                self.skip(image.number, f"database error: {exc}".strip())
+        self.progress.update()
+
+    def save_product(self, rows: ProductRows, images: list[tuple[ImageRow, bytes | None]]) -> None:
+        """Create or update the product, add its new images, realign the known ones."""
+        dry_run, fields = self.options["dry_run"], dict(rows.fields)
+        product = Product.objects.filter(external_id=rows.external_id).first()
+        existing = {i.source: i for i in product.images.exclude(source="")} if product else {}
+        if product is None and not images:
+            return  # every image row failed: no product without a picture
+        label = fields.pop("category")
+        category = Category.objects.filter(name=label).first()
+        if category is None and not dry_run:
+            slug = unique_slug(Category, slugify(label) or "category", 200)
+            category = Category.objects.create(name=label, slug=slug)
+        fields["category_id"] = category.pk if category else None
+        if product is None:
+            self.counts["created"] += 1
+            base = f"{slugify(fields['name'])[:250]}-{slugify(rows.external_id)}".strip("-")
+            base = base or "product"
+            if not dry_run:
+                product = Product.objects.create(
+                    external_id=rows.external_id, slug=unique_slug(Product, base, 300), **fields
+                )
+        elif changed := [name for name, v in fields.items() if getattr(product, name) != v]:
+            self.counts["updated"] += 1
+            if not dry_run:
+                for name in changed:
+                    setattr(product, name, fields[name])
+                product.save(update_fields=changed)
+        else:
+            self.counts["same"] += 1
+        for image, data in images:
+            if old := existing.get(image.source):
+                self.counts["kept"] += 1
+                if not dry_run and (old.position, old.alt_text) != (image.position, fields["name"]):
+                    ProductImage.objects.filter(pk=old.pk).update(
+                        position=image.position, alt_text=fields["name"]
+                    )
+            elif data is None:  # known when the run started, deleted since
+                self.skip(image.number, "the image was deleted during the import; run it again")
+            else:
+                self.counts["added"] += 1
+                if not dry_run:
+                    ProductImage.objects.create(
+                        product=product,
+                        position=image.position,
+                        alt_text=fields["name"],
+                        source=image.source,
+                        image=ContentFile(data, name=filename(image.source)),
+                    )

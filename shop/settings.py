@@ -1,0 +1,165 @@
+"""Settings of the demo shop.
+
+Everything that differs between a laptop and production comes from the environment:
+``DATABASE_URL`` (otherwise an embedded Postgres + pgvector under ``.pgdata/``),
+``CELERY_BROKER_URL`` / ``REDIS_URL``, ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``,
+``DJANGO_ALLOWED_HOSTS``, ``MEDIA_ROOT`` and the encoder choice ``VISUALSEARCH_ENCODER``
+(``efficientnet`` — the default, offline, real ImageNet weights — or ``clip``) with
+``VISUALSEARCH_CLIP_MODEL`` (a hub name or a local sentence-transformers directory).
+"""
+
+import os
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    return os.environ.get(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def database_from_url(url: str) -> dict:
+    """Translate ``postgres://user:pass@host:port/name?host=/socket/dir`` into a DATABASES entry."""
+    parts = urlparse(url)
+    if parts.scheme not in {"postgres", "postgresql", "pgsql"}:
+        raise ValueError(f"DATABASE_URL must be a postgres:// URL, got scheme {parts.scheme!r}")
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parts.path.lstrip("/")),
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": query.pop("host", parts.hostname or ""),
+        "PORT": str(parts.port or ""),
+        "OPTIONS": query,
+        "CONN_MAX_AGE": int(os.environ.get("DATABASE_CONN_MAX_AGE", "0")),
+    }
+
+
+DEBUG = _env_bool("DJANGO_DEBUG", True)
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise RuntimeError("Set DJANGO_SECRET_KEY when DJANGO_DEBUG is off.")
+    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"
+ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "visualsearch",
+    "shop.catalog",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "shop.urls"
+WSGI_APPLICATION = "shop.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+if os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": database_from_url(os.environ["DATABASE_URL"])}
+else:
+    from shop.embedded_db import embedded_database_url
+
+    _pgdata = Path(os.environ.get("VISUALSEARCH_PGDATA", BASE_DIR / ".pgdata")).resolve()
+    DATABASES = {"default": database_from_url(embedded_database_url(_pgdata, "visualsearch"))}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+MEDIA_URL = "/media/"
+MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", BASE_DIR / "media"))
+
+# Uploads: Django's own cap on request bodies held in memory; image files stream to disk.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+
+# --- Celery (Redis broker) -------------------------------------------------------------
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# Publishing must not hang a web request when Redis is down: fail fast, the row stays
+# `pending` and the periodic sweep enqueues it later.
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5}
+CELERY_BEAT_SCHEDULE = {
+    "visualsearch-sweep": {"task": "visualsearch.sweep_pending", "schedule": 300.0},
+}
+
+# --- visualsearch ------------------------------------------------------------------------
+_ENCODERS = {
+    "efficientnet": {
+        "ENCODER": "visualsearch.encoders.efficientnet.EfficientNetLite0Encoder",
+        "ENCODER_OPTIONS": {},
+    },
+    "clip": {
+        "ENCODER": "visualsearch.encoders.clip.CLIPEncoder",
+        "ENCODER_OPTIONS": {"model": os.environ.get("VISUALSEARCH_CLIP_MODEL", "clip-ViT-B-32")},
+    },
+}
+_encoder_choice = os.environ.get("VISUALSEARCH_ENCODER", "efficientnet")
+if _encoder_choice not in _ENCODERS:
+    raise RuntimeError(
+        f"VISUALSEARCH_ENCODER must be one of {sorted(_ENCODERS)}, got {_encoder_choice!r}"
+    )
+
+VISUALSEARCH = {
+    "IMAGE_MODEL": "catalog.ProductImage",
+    "PRODUCT_FIELD": "product",
+    "IMAGE_FIELD": "image",
+    **_ENCODERS[_encoder_choice],
+    "CACHE_DIR": os.environ.get(
+        "VISUALSEARCH_CACHE_DIR", str(BASE_DIR / ".cache" / "visualsearch")
+    ),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"visualsearch": {"handlers": ["console"], "level": "INFO"}},
+}

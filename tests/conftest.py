@@ -1,0 +1,163 @@
+"""Fixtures: catalog factories, Pillow-made images, the broker queue, a real Celery worker."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import connection
+from PIL import Image, ImageDraw
+
+from shop.catalog.models import Category, Product, ProductImage
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SHARED_DATA = BASE_DIR.parent / "shared" / "data" / "fashion-products"
+_counter = itertools.count(1)
+
+PALETTE = [
+    "red",
+    "blue",
+    "green",
+    "orange",
+    "purple",
+    "black",
+    "yellow",
+    "cyan",
+    "magenta",
+    "brown",
+]
+
+
+def make_image_bytes(
+    color: str = "red", shape: str = "square", size: tuple[int, int] = (96, 96), fmt: str = "JPEG"
+) -> bytes:
+    """A small product-like photo: a coloured shape on a white background."""
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    w, h = size
+    box = (w // 5, h // 5, 4 * w // 5, 4 * h // 5)
+    if shape == "circle":
+        draw.ellipse(box, fill=color)
+    elif shape == "stripes":
+        for x in range(0, w, 12):
+            draw.rectangle((x, 0, x + 5, h), fill=color)
+    else:
+        draw.rectangle(box, fill=color)
+    out = io.BytesIO()
+    image.save(out, fmt)
+    return out.getvalue()
+
+
+@pytest.fixture
+def category(db):
+    return Category.objects.create(name="Shirts", slug="shirts")
+
+
+@pytest.fixture
+def make_product(db, category):
+    """``make_product(color=…, shape=…, images=1, **fields)``: a product with generated images."""
+
+    def factory(color="red", shape="square", images=1, image_bytes=None, **fields):
+        n = next(_counter)
+        fields.setdefault("category", category)
+        fields.setdefault("price", Decimal("19.90"))
+        product = Product.objects.create(name=f"{color} {shape} {n}", slug=f"p-{n}", **fields)
+        for position in range(images):
+            data = image_bytes if image_bytes is not None else make_image_bytes(color, shape)
+            ProductImage.objects.create(
+                product=product,
+                position=position,
+                image=ContentFile(data, name=f"p{n}-{position}.jpg"),
+            )
+        return product
+
+    return factory
+
+
+@pytest.fixture
+def broker():
+    """The session's real Redis broker, emptied before the test."""
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+def queued_tasks(client: redis.Redis, queue: str = "celery") -> list[dict]:
+    """Decode the messages waiting in a Celery queue on Redis."""
+    import base64
+    import json
+
+    tasks = []
+    for raw in client.lrange(queue, 0, -1):
+        message = json.loads(raw)
+        body = json.loads(base64.b64decode(message["body"]))
+        tasks.append({"task": message["headers"]["task"], "args": body[0], "kwargs": body[1]})
+    return tasks
+
+
+def database_url() -> str:
+    """URL of the database the tests use right now (the test database)."""
+    db = connection.settings_dict
+    host = db["HOST"]
+    if host.startswith("/"):
+        return f"postgresql://{db['USER']}:{db['PASSWORD']}@/{db['NAME']}?host={host}"
+    return f"postgresql://{db['USER']}:{db['PASSWORD']}@{host}:{db['PORT']}/{db['NAME']}"
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db, broker, tmp_path):
+    """A real ``celery worker`` process on the session's Redis and the test database."""
+    log = tmp_path / "worker.log"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": database_url(),
+        "PYTHONUNBUFFERED": "1",
+    }
+    with open(log, "w") as handle:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "shop",
+                "worker",
+                "--loglevel=info",
+                "--concurrency=1",
+                "--without-heartbeat",
+                "--without-gossip",
+                "--without-mingle",
+                "-n",
+                f"test-{os.getpid()}@%h",
+            ],
+            cwd=BASE_DIR,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    # Ready to consume, and its pool process has loaded the encoder (worker_process_init).
+    while not ("ready." in (text := log.read_text()) and "loaded" in text):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"celery worker did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    process.log = log
+    yield process
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()

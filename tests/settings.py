@@ -1,0 +1,25 @@
+"""Test settings: the demo shop's, with a tiny CLIP encoder, a private Redis and temp media."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from shop.settings import *  # noqa: E402,F403
+from shop.settings import VISUALSEARCH  # noqa: E402
+from tests.services import session_broker_url, session_media_root, tiny_clip_dir  # noqa: E402
+
+CELERY_BROKER_URL = session_broker_url()
+MEDIA_ROOT = session_media_root()
+TINY_CLIP_DIR = tiny_clip_dir()
+
+VISUALSEARCH = {
+    **VISUALSEARCH,
+    "ENCODER": "visualsearch.encoders.clip.CLIPEncoder",
+    "ENCODER_OPTIONS": {"model": str(TINY_CLIP_DIR), "threads": 1},
+    "CACHE_DIR": str(BASE_DIR / ".cache" / "visualsearch"),  # noqa: F405
+}
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# A separate name lets two test runs share one embedded server.
+DATABASES["default"]["TEST"] = {"NAME": os.environ.get("VISUALSEARCH_TEST_DB", "test_visualsearch")}  # noqa: F405

@@ -1,0 +1,111 @@
+"""visualsearch_reindex and visualsearch_status, run like an operator would."""
+
+import io
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+
+from shop.catalog.models import ProductImage
+from tests.conftest import queued_tasks
+from tests.tiny_clip import build_tiny_clip
+from visualsearch.checks import check_connection
+from visualsearch.models import EmbeddingStatus
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args):
+    out, err = io.StringIO(), io.StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def statuses():
+    return sorted(ProductImage.objects.values_list("embedding_status", flat=True))
+
+
+def test_reindex_embeds_missing_inline_with_progress(make_product):
+    for color in ("red", "blue", "green"):
+        make_product(color=color, images=2)
+    out, err = run("visualsearch_reindex", "--batch-size", "4")
+    assert "6 image(s) to embed" in out
+    assert "Done: 6 embedded" in out
+    assert "6/6" in err  # the progress bar
+    assert statuses() == ["ready"] * 6
+    out, _ = run("visualsearch_reindex", "--no-progress")
+    assert "0 image(s) to embed" in out
+
+
+def test_reindex_failed_and_all(make_product):
+    make_product(image_bytes=b"not an image")
+    make_product()
+    run("visualsearch_reindex", "--no-progress")
+    assert statuses() == ["failed", "ready"]
+    out, _ = run("visualsearch_reindex", "--failed", "--no-progress")
+    assert "1 image(s) to embed" in out and "1 failed" in out
+    out, _ = run("visualsearch_reindex", "--all", "--no-progress")
+    assert "2 image(s) to embed" in out and "Done: 1 embedded" in out
+
+
+def test_reindex_enqueue_sends_batches(make_product, broker):
+    make_product(images=5)
+    broker.flushdb()
+    out, _ = run("visualsearch_reindex", "--enqueue", "--batch-size", "2")
+    assert "Enqueued 5 image(s)" in out
+    assert sorted(len(t["args"][2]) for t in queued_tasks(broker)) == [1, 2, 2]
+
+
+def test_new_encoder_model_marks_rows_stale_and_reindex_replaces_them(
+    make_product, settings, tmp_path
+):
+    product = make_product(images=2)
+    run("visualsearch_reindex", "--no-progress")
+    old = {row.pk: np.asarray(row.embedding) for row in ProductImage.objects.all()}
+    other = build_tiny_clip(tmp_path / "other-clip", projection_dim=32, image_size=32, seed=1)
+    settings.VISUALSEARCH = {**settings.VISUALSEARCH, "ENCODER_OPTIONS": {"model": str(other)}}
+    from visualsearch.query import similar_products
+
+    assert similar_products(product) == []  # old vectors are not served for the new model
+    out, _ = run("visualsearch_reindex", "--stale", "--no-progress")
+    assert "Marked 2 row(s)" in out and "Done: 2 embedded" in out
+    for row in ProductImage.objects.all():
+        assert row.embedding_model.startswith("clip:other-clip:")
+        assert not np.allclose(np.asarray(row.embedding), old[row.pk])
+
+
+def test_resize_after_switching_to_an_encoder_of_another_size(make_product, settings):
+    make_product(images=1)
+    run("visualsearch_reindex", "--no-progress")
+    settings.VISUALSEARCH = {
+        **settings.VISUALSEARCH,
+        "ENCODER": "visualsearch.encoders.efficientnet.EfficientNetLite0Encoder",
+        "ENCODER_OPTIONS": {},
+    }
+    assert [m.id for m in check_connection(connection)] == ["visualsearch.E004"]
+    out, _ = run("visualsearch_reindex", "--resize", "--no-progress")
+    assert "Resized the vector column to 1280" in out and "Done: 1 embedded" in out
+    assert check_connection(connection) == []
+    assert np.asarray(ProductImage.objects.get().embedding).shape == (1280,)
+
+
+def test_bad_batch_size():
+    with pytest.raises(CommandError, match="batch-size"):
+        run("visualsearch_reindex", "--batch-size", "0")
+
+
+def test_status_counts_by_status_and_model(make_product):
+    make_product(images=2)
+    make_product(image_bytes=b"junk")
+    run("visualsearch_reindex", "--no-progress")
+    make_product()
+    out, _ = run("visualsearch_status")
+    assert "Active encoder: clip:tiny-clip-32:" in out
+    lines = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert lines["ready"].split()[1] == "2" and "(active)" in lines["ready"]
+    assert lines["failed"].split()[1] == "1"
+    assert lines["pending"].split()[1] == "1"
+    assert lines["total"].split()[1] == "4"
+    assert EmbeddingStatus.STALE not in lines

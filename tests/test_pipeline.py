@@ -1,0 +1,156 @@
+"""Upload → pending → task after commit → idempotent embedding, with real Postgres and Redis."""
+
+import numpy as np
+import pytest
+from django.core.files.base import ContentFile
+from django.db import transaction
+
+from shop.catalog.models import ProductImage
+from tests.conftest import make_image_bytes, queued_tasks
+from visualsearch.models import EmbeddingStatus
+from visualsearch.pipeline import embed_images
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upload_enqueues_ids_after_commit_in_one_batch(broker, make_product):
+    with transaction.atomic():
+        product = make_product(images=3)
+        assert queued_tasks(broker) == []  # nothing leaves before commit
+    tasks = queued_tasks(broker)
+    assert len(tasks) == 1
+    assert tasks[0]["task"] == "visualsearch.embed_images"
+    app_label, model_name, pks, force = tasks[0]["args"]
+    assert (app_label, model_name, force) == ("catalog", "productimage", False)
+    assert sorted(pks) == sorted(product.images.values_list("pk", flat=True))
+    assert set(product.images.values_list("embedding_status", flat=True)) == {"pending"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rolled_back_upload_enqueues_nothing(broker, make_product):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        make_product()
+        raise RuntimeError
+    assert queued_tasks(broker) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_only_a_changed_file_enqueues(broker, make_product):
+    product = make_product()
+    image = product.images.get()
+    embed_images([image.pk])
+    broker.flushdb()
+
+    image = ProductImage.objects.get(pk=image.pk)
+    image.alt_text = "new alt text"
+    image.save()
+    image.save(update_fields=["alt_text"])
+    assert queued_tasks(broker) == []
+    assert ProductImage.objects.get(pk=image.pk).embedding_status == EmbeddingStatus.READY
+
+    image.image = ContentFile(make_image_bytes("green"), name="new.jpg")
+    image.save()
+    assert len(queued_tasks(broker)) == 1
+    assert ProductImage.objects.get(pk=image.pk).embedding_status == EmbeddingStatus.PENDING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_raw_saves_are_ignored(broker, make_product):
+    product = make_product()
+    image = product.images.get()
+    broker.flushdb()
+    from django.db.models.signals import post_save
+
+    post_save.send(ProductImage, instance=image, created=True, raw=True, update_fields=None)
+    assert queued_tasks(broker) == []
+
+
+@pytest.mark.django_db
+def test_embed_writes_vector_model_hash_and_status(make_product):
+    product = make_product(images=2)
+    pks = list(product.images.values_list("pk", flat=True))
+    result = embed_images(pks)
+    assert sorted(result.ready + result.reused) == sorted(pks)
+    for row in ProductImage.objects.filter(pk__in=pks):
+        vector = np.asarray(row.embedding)
+        assert vector.shape == (32,)
+        assert np.isclose(np.linalg.norm(vector), 1.0, atol=1e-3)
+        assert row.embedding_status == EmbeddingStatus.READY
+        assert row.embedding_error == ""
+        assert row.embedded_at is not None
+
+
+@pytest.mark.django_db
+def test_embedding_is_idempotent(make_product):
+    image = make_product().images.get()
+    embed_images([image.pk])
+    first = ProductImage.objects.get(pk=image.pk)
+    result = embed_images([image.pk])
+    assert result.skipped == [image.pk] and result.ready == []
+    again = ProductImage.objects.get(pk=image.pk)
+    assert again.embedded_at == first.embedded_at
+    # force re-encodes: same vector, new timestamp
+    forced = embed_images([image.pk], force=True)
+    assert forced.ready == [image.pk]
+    assert np.allclose(ProductImage.objects.get(pk=image.pk).embedding, first.embedding, atol=1e-5)
+
+
+@pytest.mark.django_db
+def test_same_content_is_encoded_once(make_product):
+    data = make_image_bytes("purple", "circle")
+    first = make_product(image_bytes=data).images.get()
+    embed_images([first.pk])
+    second = make_product(image_bytes=data).images.get()
+    result = embed_images([second.pk])
+    assert result.reused == [second.pk]
+    stored = ProductImage.objects.get(pk=first.pk).embedding
+    assert np.allclose(ProductImage.objects.get(pk=second.pk).embedding, stored)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"\x00\x01 definitely not an image" * 10, "not an image format"),
+        (make_image_bytes()[:300], "could not be decoded"),
+        (b"<html><body>hello</body></html>", "not an image format"),
+    ],
+)
+def test_undecodable_file_fails_with_reason(make_product, data, reason):
+    image = make_product(image_bytes=data).images.get()
+    result = embed_images([image.pk])
+    row = ProductImage.objects.get(pk=image.pk)
+    assert row.embedding_status == EmbeddingStatus.FAILED
+    assert reason in row.embedding_error
+    assert result.failed == {image.pk: row.embedding_error}
+    assert row.embedding is None
+
+
+@pytest.mark.django_db
+def test_missing_file_fails_with_reason(make_product):
+    image = make_product().images.get()
+    image.image.storage.delete(image.image.name)
+    embed_images([image.pk])
+    row = ProductImage.objects.get(pk=image.pk)
+    assert row.embedding_status == EmbeddingStatus.FAILED
+    assert "missing" in row.embedding_error
+
+
+@pytest.mark.django_db
+def test_deleted_rows_are_reported_not_raised(make_product):
+    image = make_product().images.get()
+    pk = image.pk
+    image.delete()
+    assert embed_images([pk]).missing == [pk]
+
+
+@pytest.mark.django_db
+def test_a_file_replaced_meanwhile_is_not_overwritten(make_product):
+    image = make_product().images.get()
+    # Another save replaced the file after this task read the row: simulate by renaming
+    # the stored name under the task's feet (the task's UPDATE matches on the old name).
+    ProductImage.objects.filter(pk=image.pk).update(image="products/other.jpg")
+    from visualsearch.pipeline import _write
+
+    assert _write(ProductImage, image.pk, image.image.name, np.ones(32), "x" * 64, "m") is False
+    assert ProductImage.objects.get(pk=image.pk).embedding is None

@@ -1,0 +1,24 @@
+"""App configuration: registers system checks and the image model's signal handlers."""
+
+from django.apps import AppConfig
+from django.core.exceptions import ImproperlyConfigured
+
+
+class VisualSearchConfig(AppConfig):
+    name = "visualsearch"
+    verbose_name = "Visual search"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_init, post_save
+
+        from visualsearch import checks  # noqa: F401  (registers the checks)
+        from visualsearch.conf import get_image_model
+        from visualsearch.handlers import image_saved, remember_file
+
+        try:
+            model = get_image_model()
+        except ImproperlyConfigured:
+            return  # reported by system check visualsearch.E005
+        post_init.connect(remember_file, sender=model, dispatch_uid="visualsearch.remember_file")
+        post_save.connect(image_saved, sender=model, dispatch_uid="visualsearch.image_saved")

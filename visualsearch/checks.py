@@ -1,0 +1,157 @@
+"""System checks (``manage.py check``; database checks also run before ``migrate``).
+
+| id                 | meaning                                                          |
+| ------------------ | ---------------------------------------------------------------- |
+| visualsearch.E001  | the database is not PostgreSQL                                   |
+| visualsearch.E002  | the pgvector extension is not available on the server            |
+| visualsearch.E003  | pgvector is older than 0.8.4                                     |
+| visualsearch.E004  | the stored vector size differs from the encoder's                |
+| visualsearch.E005  | the VISUALSEARCH settings are invalid                            |
+| visualsearch.W001  | no Celery broker is configured                                   |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.checks import Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, connections
+
+MIN_PGVECTOR = (0, 8, 4)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+@register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
+    """E005: image model, product field and encoder resolve; W001: a broker is configured."""
+    from visualsearch.conf import get_product_model
+    from visualsearch.encoders import get_encoder
+
+    messages = []
+    try:
+        get_product_model()
+        encoder = get_encoder()
+        if encoder.dimensions < 1:
+            raise ImproperlyConfigured(f"{encoder!r} reports no vector size.")
+    except ImproperlyConfigured as exc:
+        messages.append(
+            Error(
+                str(exc),
+                hint="See the settings reference in the visualsearch README.",
+                id="visualsearch.E005",
+            )
+        )
+    try:
+        from celery import current_app
+
+        broker = current_app.conf.broker_url
+    except Exception:  # pragma: no cover - celery is a hard dependency
+        broker = None
+    if not broker:
+        messages.append(
+            Warning(
+                "No Celery broker is configured: images will stay 'pending' until "
+                "`manage.py visualsearch_reindex` runs.",
+                hint="Set CELERY_BROKER_URL (for example redis://127.0.0.1:6379/0) and load "
+                "it in your Celery app with config_from_object('django.conf:settings', "
+                "namespace='CELERY').",
+                id="visualsearch.W001",
+            )
+        )
+    return messages
+
+
+@register(Tags.database)
+def check_database(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list:
+    """E001-E004 for every database Django was asked to check."""
+    messages: list = []
+    for alias in databases or []:
+        messages.extend(check_connection(connections[alias]))
+    return messages
+
+
+def check_connection(connection: Any) -> list:
+    """The database checks for one connection (usable on any connection, e.g. in tests)."""
+    if connection.vendor != "postgresql":
+        return [
+            Error(
+                f"Database {connection.alias!r} uses {connection.vendor}; visualsearch needs "
+                "PostgreSQL with the pgvector extension.",
+                hint="Point DATABASES (or DATABASE_URL) at PostgreSQL 15+ with pgvector 0.8.4+.",
+                id="visualsearch.E001",
+            )
+        ]
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT default_version, installed_version FROM pg_available_extensions "
+                "WHERE name = 'vector'"
+            )
+            row = cursor.fetchone()
+    except DatabaseError as exc:
+        return [
+            Error(
+                f"Could not query database {connection.alias!r}: {exc}",
+                id="visualsearch.E002",
+            )
+        ]
+    if row is None:
+        server = connection.pg_version // 10000
+        return [
+            Error(
+                f"The pgvector extension ('vector') is not installed on the PostgreSQL {server} "
+                f"server of database {connection.alias!r}.",
+                hint="Install pgvector 0.8.4+ on the server (the pgvector/pgvector Docker "
+                "image, or your distribution's postgresql-NN-pgvector package), or leave "
+                "DATABASE_URL unset to use the embedded development server.",
+                id="visualsearch.E002",
+            )
+        ]
+    default_version, installed_version = row
+    version = installed_version or default_version
+    if _version(version) < MIN_PGVECTOR:
+        wanted = ".".join(map(str, MIN_PGVECTOR))
+        return [
+            Error(
+                f"pgvector {version} is too old on database {connection.alias!r}; "
+                f"visualsearch needs {wanted} or newer (iterative index scans).",
+                hint="Upgrade the pgvector package, then run ALTER EXTENSION vector UPDATE.",
+                id="visualsearch.E003",
+            )
+        ]
+    return check_dimensions(connection)
+
+
+def check_dimensions(connection: Any) -> list:
+    """E004: the embedding column's declared size equals the encoder's."""
+    from visualsearch.conf import get_image_model
+    from visualsearch.encoders import get_encoder
+
+    try:
+        model = get_image_model()
+        expected = get_encoder().dimensions
+    except ImproperlyConfigured:
+        return []  # reported by E005
+    table = model._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT a.atttypmod FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) "
+            "AND a.attname = 'embedding' AND NOT a.attisdropped",
+            [table],
+        )
+        row = cursor.fetchone()
+    if row is None or row[0] == expected:
+        return []  # not migrated yet, or matching
+    return [
+        Error(
+            f"{table}.embedding stores {row[0]}-d vectors but the configured encoder "
+            f"({get_encoder().model_id}) produces {expected}-d vectors.",
+            hint="Run `manage.py visualsearch_reindex --resize` to resize the column "
+            "(existing vectors are dropped and re-embedded), or configure the former encoder.",
+            id="visualsearch.E004",
+        )
+    ]

@@ -1,0 +1,155 @@
+"""The ``VISUALSEARCH`` settings dict, read lazily and reloaded on ``setting_changed``.
+
+Modelled on DRF's ``api_settings``: ``visualsearch_settings.ENCODER_CLASS`` resolves the dotted
+path on first access, and ``override_settings(VISUALSEARCH=...)`` in tests takes effect at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+DEFAULTS: dict[str, Any] = {
+    # "app_label.ModelName" of the host's image model (it includes EmbeddedImage).
+    "IMAGE_MODEL": None,
+    # Name of the ImageField on the image model, and of the FK from image to product.
+    "IMAGE_FIELD": "image",
+    "PRODUCT_FIELD": "product",
+    # Dotted path of the encoder class and keyword arguments for it.
+    "ENCODER": "visualsearch.encoders.clip.CLIPEncoder",
+    "ENCODER_OPTIONS": {},
+    # Where encoders keep derived files (the exported ONNX graph, for example).
+    "CACHE_DIR": None,
+    # HNSW build parameters (baked into the host's migration when it is generated).
+    "HNSW_M": 16,
+    "HNSW_EF_CONSTRUCTION": 64,
+    # Per-query candidate list size; set with SET LOCAL inside the query's transaction.
+    "HNSW_EF_SEARCH": 100,
+    # Images per encoder batch in workers and in the reindex command.
+    "BATCH_SIZE": 32,
+    # Largest accepted image, in pixels (decompression-bomb guard) and bytes.
+    "MAX_IMAGE_PIXELS": 40_000_000,
+    "MAX_IMAGE_BYTES": 20 * 1024 * 1024,
+    # Retries of transient failures (storage, database) in the embedding task.
+    "TASK_MAX_RETRIES": 5,
+    "TASK_RETRY_BACKOFF_MAX": 300,
+    # Rows left `pending` longer than this (seconds) are re-enqueued by the sweep.
+    "SWEEP_PENDING_AFTER": 120,
+    # Load the encoder when a worker process starts, so the first upload is not slow.
+    "WARM_UP_WORKERS": True,
+    # Celery queue for embedding tasks (None: the default queue).
+    "QUEUE": None,
+}
+
+# Settings that hold dotted paths, resolved on access under the name with "_CLASS" appended.
+IMPORT_STRINGS = {"ENCODER"}
+
+
+class VisualSearchSettings:
+    """Attribute access to ``settings.VISUALSEARCH`` with defaults, validated on access."""
+
+    def __init__(self) -> None:
+        self._cached: dict[str, Any] = {}
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        value = getattr(settings, "VISUALSEARCH", {})
+        if not isinstance(value, dict):
+            raise ImproperlyConfigured("settings.VISUALSEARCH must be a dict.")
+        unknown = set(value) - set(DEFAULTS)
+        if unknown:
+            raise ImproperlyConfigured(
+                f"Unknown VISUALSEARCH keys: {sorted(unknown)}. Valid keys: {sorted(DEFAULTS)}."
+            )
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._cached:
+            return self._cached[name]
+        if name.endswith("_CLASS") and name[: -len("_CLASS")] in IMPORT_STRINGS:
+            key = name[: -len("_CLASS")]
+            value = self._import(key, getattr(self, key))
+        elif name in DEFAULTS:
+            value = self.user_settings.get(name, DEFAULTS[name])
+        else:
+            raise AttributeError(f"Invalid visualsearch setting: {name!r}")
+        self._cached[name] = value
+        return value
+
+    def _import(self, key: str, dotted_path: Any) -> Any:
+        if not isinstance(dotted_path, str):
+            raise ImproperlyConfigured(
+                f"VISUALSEARCH[{key!r}] must be a dotted import path string, got {dotted_path!r}."
+            )
+        try:
+            return import_string(dotted_path)
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"VISUALSEARCH[{key!r}] = {dotted_path!r} could not be imported: {exc}"
+            ) from exc
+
+    def reload(self) -> None:
+        """Forget cached values (called when ``settings.VISUALSEARCH`` changes)."""
+        self._cached.clear()
+
+
+visualsearch_settings = VisualSearchSettings()
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "VISUALSEARCH":
+        visualsearch_settings.reload()
+        from visualsearch.encoders import get_encoder
+
+        get_encoder.cache_clear()
+
+
+setting_changed.connect(_reload, dispatch_uid="visualsearch.conf.reload")
+
+
+def get_image_model() -> type:
+    """The host's image model named by ``VISUALSEARCH["IMAGE_MODEL"]`` (``"app_label.Model"``)."""
+    from django.apps import apps
+
+    label = visualsearch_settings.IMAGE_MODEL
+    if not label:
+        raise ImproperlyConfigured(
+            'Set VISUALSEARCH["IMAGE_MODEL"] to the "app_label.ModelName" of your image model.'
+        )
+    try:
+        model = apps.get_model(label, require_ready=False)
+    except (ValueError, LookupError) as exc:
+        raise ImproperlyConfigured(
+            f'VISUALSEARCH["IMAGE_MODEL"] = {label!r} is not an installed model: {exc}'
+        ) from exc
+    from visualsearch.models import EmbeddedImage
+
+    if not issubclass(model, EmbeddedImage):
+        raise ImproperlyConfigured(
+            f'VISUALSEARCH["IMAGE_MODEL"] = {label!r} must inherit '
+            "visualsearch.models.EmbeddedImage."
+        )
+    return model
+
+
+def get_product_model() -> type:
+    """The model that the image model's ``PRODUCT_FIELD`` foreign key points to."""
+    image_model = get_image_model()
+    name = visualsearch_settings.PRODUCT_FIELD
+    try:
+        field = image_model._meta.get_field(name)
+    except Exception as exc:
+        raise ImproperlyConfigured(
+            f'VISUALSEARCH["PRODUCT_FIELD"] = {name!r} is not a field of {image_model.__name__}.'
+        ) from exc
+    if not field.many_to_one:
+        raise ImproperlyConfigured(
+            f'VISUALSEARCH["PRODUCT_FIELD"] = {name!r} must be a ForeignKey to the product model.'
+        )
+    return field.related_model

@@ -1,0 +1,76 @@
+"""The encoder interface: a batch of PIL images (or texts) in, L2-normalised float32 rows out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+class TextEncodingNotSupported(Exception):
+    """Raised by ``encode_texts`` on encoders that have no text tower."""
+
+
+class BaseEncoder:
+    """Base class of all encoders.
+
+    Subclasses set ``dimensions`` (or compute it without loading weights), return a stable
+    ``model_id`` that changes whenever the vectors would change (weights, preprocessing), and
+    implement ``encode_images``; ``encode_texts`` only when the model has a text tower that
+    maps into the same space as the images.
+    """
+
+    #: Length of the vectors this encoder returns.
+    dimensions: int = 0
+    #: Whether ``encode_texts`` works (CLIP-style models).
+    supports_text: bool = False
+
+    @property
+    def model_id(self) -> str:
+        """Identifier stored beside every vector; vectors of different ids are never mixed."""
+        raise NotImplementedError
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Encode RGB images into an ``(n, dimensions)`` float32 array of unit-length rows."""
+        raise NotImplementedError
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode texts into the image space; raises ``TextEncodingNotSupported`` by default."""
+        raise TextEncodingNotSupported(
+            f"The {type(self).__name__} encoder ({self.model_id}) has no text tower: "
+            "configure a CLIP encoder to search by text."
+        )
+
+    def warm_up(self) -> None:
+        """Load the model now (worker start) rather than on the first image."""
+        self.encode_images([Image.new("RGB", (64, 64), "white")])
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.model_id} ({self.dimensions}-d)>"
+
+
+def l2_normalize(rows: np.ndarray) -> np.ndarray:
+    """Return ``rows`` as float32 with every row scaled to unit length (zero rows stay zero)."""
+    rows = np.asarray(rows, dtype=np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.maximum(norms, 1e-12)
+
+
+def cache_dir(configured: str | os.PathLike | None) -> Path:
+    """Directory for derived model files: the setting, else ``$XDG_CACHE_HOME/visualsearch``."""
+    if configured:
+        path = Path(configured)
+    else:
+        path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "visualsearch"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cpu_threads(configured: int | None) -> int:
+    """Threads for one encoder: the option, else the CPUs this process may use."""
+    if configured:
+        return int(configured)
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)

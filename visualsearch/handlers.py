@@ -1,0 +1,85 @@
+"""Signal handlers: a changed image file marks the row pending and enqueues it after commit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import router, transaction
+from django.utils import timezone
+
+from visualsearch.conf import visualsearch_settings
+from visualsearch.models import EmbeddingStatus
+
+_ORIGINAL = "_visualsearch_original_file"
+
+
+def remember_file(sender: type, instance: Any, **kwargs: Any) -> None:
+    """``post_init``: remember the file name the row was loaded with."""
+    setattr(instance, _ORIGINAL, _file_name(instance))
+
+
+def image_saved(
+    sender: type, instance: Any, created: bool, raw: bool, update_fields: Any, **kwargs: Any
+) -> None:
+    """``post_save``: when the image file really changed, mark the row pending and enqueue it."""
+    field = visualsearch_settings.IMAGE_FIELD
+    if raw or (update_fields is not None and field not in update_fields):
+        return
+    name = _file_name(instance)
+    original = getattr(instance, _ORIGINAL, None)
+    if not created and original is not None and name == original:
+        return
+    setattr(instance, _ORIGINAL, name)
+    now = timezone.now()
+    sender._base_manager.filter(pk=instance.pk).update(
+        embedding_status=EmbeddingStatus.PENDING, embedding_error="", embedding_updated_at=now
+    )
+    instance.embedding_status = EmbeddingStatus.PENDING
+    instance.embedding_error = ""
+    instance.embedding_updated_at = now
+    schedule(sender, instance.pk)
+
+
+def schedule(model: type, pk: Any) -> None:
+    """Enqueue ``pk`` once the current transaction commits, in one batch with its other saves.
+
+    Nothing is sent for a transaction (or savepoint) that rolls back: Django drops its
+    ``on_commit`` callbacks, and with them the batch.
+    """
+    using = router.db_for_write(model)
+    connection = transaction.get_connection(using)
+    batch = getattr(connection, "_visualsearch_batch", None)
+    # The batch is live while its callback waits in this transaction's on_commit list.
+    if batch is None or not any(entry[1] is batch for entry in connection.run_on_commit):
+        batch = _Batch()
+        batch.add(model, pk)
+        connection._visualsearch_batch = batch
+        transaction.on_commit(batch, using=using, robust=True)
+    else:
+        batch.add(model, pk)
+
+
+class _Batch:
+    """The rows saved in one transaction; called on commit to enqueue them."""
+
+    def __init__(self) -> None:
+        self.rows: dict[type, list] = {}
+
+    def add(self, model: type, pk: Any) -> None:
+        self.rows.setdefault(model, []).append(pk)
+
+    def __call__(self) -> None:
+        from visualsearch.tasks import enqueue
+
+        rows, self.rows = self.rows, {}
+        for model, pks in rows.items():
+            enqueue(model, list(dict.fromkeys(pks)))
+
+
+def _file_name(instance: Any) -> str | None:
+    """The image file's name, or None when the field was deferred (unknown without a query)."""
+    field = visualsearch_settings.IMAGE_FIELD
+    if field not in instance.__dict__:
+        return None
+    fieldfile = getattr(instance, field)
+    return (fieldfile.name or "") if fieldfile is not None else ""

@@ -1,0 +1,72 @@
+"""Safe image decoding: bytes in, an RGB ``PIL.Image`` out, or ``InvalidImage`` with a reason."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import BinaryIO
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class InvalidImage(ValueError):
+    """The data is not an image this app can use; the message says why, for users."""
+
+
+def read_limited(fileobj: BinaryIO, max_bytes: int) -> bytes:
+    """Read at most ``max_bytes`` from ``fileobj``; ``InvalidImage`` if there is more."""
+    data = fileobj.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise InvalidImage(f"The file is larger than the {max_bytes // (1024 * 1024)} MB limit.")
+    return data
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode ``data`` into an RGB image, honouring EXIF orientation, first frame only.
+
+    Checks the pixel count from the header before decoding (decompression bombs), flattens
+    transparency onto white, and converts CMYK, 16-bit, palette and grey images to RGB.
+    """
+    if not data:
+        raise InvalidImage("The file is empty.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width < 1 or height < 1:
+                raise InvalidImage("The image has no pixels.")
+            if width * height > max_pixels:
+                raise InvalidImage(
+                    f"The image is {width}x{height} pixels, more than the {max_pixels:,} allowed."
+                )
+            image.seek(0)
+            image.load()
+    except InvalidImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidImage(f"The image has more than the {max_pixels:,} pixels allowed.") from None
+    except UnidentifiedImageError:
+        raise InvalidImage("The file is not an image format that can be read.") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidImage(f"The image could not be decoded ({exc}).") from None
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block must not reject an otherwise good photo
+        pass
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB, compositing transparency onto a white background."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in {"I;16", "I;16B", "I;16L", "I"}:
+        image = image.point(lambda value: value * (1 / 256)).convert("L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in {"RGBA", "LA", "PA", "La", "RGBa"}:
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,126 @@
+"""The abstract model a host's image model includes, and its similarity queryset.
+
+class ProductImage(EmbeddedImage):
+    product = models.ForeignKey(Product, related_name="images", on_delete=models.CASCADE)
+    image = models.ImageField(upload_to="products/")
+
+    class Meta(EmbeddedImage.Meta):   # keep the HNSW and status indexes
+        ordering = ["position"]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from django.db import models
+from django.utils import timezone
+from pgvector.django import CosineDistance, HnswIndex, VectorField
+
+from visualsearch.conf import visualsearch_settings
+
+
+class EmbeddingStatus(models.TextChoices):
+    """Life cycle of an image's embedding."""
+
+    PENDING = "pending", "Pending"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+    STALE = "stale", "Stale (older encoder)"
+
+
+def configured_dimensions() -> int:
+    """Vector length of the configured encoder, known without loading its weights."""
+    from visualsearch.encoders import get_encoder
+
+    return get_encoder().dimensions
+
+
+class EmbeddingField(VectorField):
+    """A pgvector ``vector`` column sized by the configured encoder.
+
+    The size is not written into migrations: a project that switches to an encoder of another
+    size gets system check ``visualsearch.E004`` and resizes the column with
+    ``manage.py visualsearch_reindex --resize``.
+    """
+
+    def __init__(self, *args: Any, dimensions: int | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("null", True)
+        kwargs.setdefault("blank", True)
+        kwargs.setdefault("editable", False)
+        super().__init__(*args, dimensions=dimensions or configured_dimensions(), **kwargs)
+
+    def deconstruct(self) -> tuple[str, str, list[Any], dict[str, Any]]:
+        name, _path, args, kwargs = super().deconstruct()
+        kwargs.pop("dimensions", None)
+        return name, "visualsearch.models.EmbeddingField", args, kwargs
+
+
+class EmbeddingQuerySet(models.QuerySet):
+    """Similarity as ordinary, chainable queryset methods."""
+
+    def ready(self) -> EmbeddingQuerySet:
+        """Rows with a vector from the active encoder (never mixes two models' vectors)."""
+        from visualsearch.encoders import get_encoder
+
+        return self.filter(
+            embedding_status=EmbeddingStatus.READY, embedding_model=get_encoder().model_id
+        )
+
+    def nearest(self, vector: np.ndarray | list[float]) -> EmbeddingQuerySet:
+        """Ready rows ordered by cosine distance to ``vector``, annotated with ``distance``.
+
+        The ordering is ``embedding <=> vector``, which the HNSW index serves; slice the result
+        (``[:k]``) so that Postgres can stop early.
+        """
+        vector = np.asarray(vector, dtype=np.float32)
+        return (
+            self.ready().annotate(distance=CosineDistance("embedding", vector)).order_by("distance")
+        )
+
+    def counts_by_status(self) -> list[dict[str, Any]]:
+        """``[{"embedding_status", "embedding_model", "count"}, …]`` for status reports."""
+        return list(
+            self.values("embedding_status", "embedding_model")
+            .annotate(count=models.Count("pk"))
+            .order_by("embedding_status", "embedding_model")
+        )
+
+
+class EmbeddedImage(models.Model):
+    """Abstract base for the host's image model: the vector and its bookkeeping."""
+
+    embedding = EmbeddingField()
+    embedding_model = models.CharField(
+        "encoder model", max_length=200, blank=True, default="", editable=False
+    )
+    embedding_hash = models.CharField(
+        "content hash", max_length=64, blank=True, default="", editable=False
+    )
+    embedding_status = models.CharField(
+        "embedding status",
+        max_length=16,
+        choices=EmbeddingStatus.choices,
+        default=EmbeddingStatus.PENDING,
+        editable=False,
+    )
+    embedding_error = models.TextField("embedding error", blank=True, default="", editable=False)
+    embedded_at = models.DateTimeField("embedded at", null=True, blank=True, editable=False)
+    embedding_updated_at = models.DateTimeField(
+        "embedding status changed", default=timezone.now, editable=False
+    )
+
+    objects = EmbeddingQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+        indexes = [
+            HnswIndex(
+                name="%(class)s_hnsw",
+                fields=["embedding"],
+                opclasses=["vector_cosine_ops"],
+                m=visualsearch_settings.HNSW_M,
+                ef_construction=visualsearch_settings.HNSW_EF_CONSTRUCTION,
+            ),
+            models.Index(fields=["embedding_status", "embedding_model"], name="%(class)s_vs_st"),
+        ]

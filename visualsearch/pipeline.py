@@ -1,0 +1,174 @@
+"""The one embedding path: re-read rows, open files through storage, decode, encode, write.
+
+Used by the Celery task, the reindex command (inline) and anything else that embeds. It is
+idempotent: a row whose file content (SHA-256) and encoder model id match its stored vector
+is not encoded again, and content seen in another ready row reuses that row's vector.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from django.db import transaction
+from django.utils import timezone
+
+from visualsearch.conf import get_image_model, visualsearch_settings
+from visualsearch.encoders import get_encoder
+from visualsearch.images import InvalidImage, decode_image, read_limited
+from visualsearch.models import EmbeddingStatus
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedResult:
+    """What one call of :func:`embed_images` did, by primary key."""
+
+    ready: list = field(default_factory=list)
+    reused: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    failed: dict = field(default_factory=dict)
+    missing: list = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (
+            f"{len(self.ready)} embedded, {len(self.reused)} reused, "
+            f"{len(self.skipped)} unchanged, "
+            f"{len(self.failed)} failed, {len(self.missing)} gone"
+        )
+
+
+def content_hash(data: bytes) -> str:
+    """SHA-256 of the file's bytes, hex."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def embed_images(pks: Iterable, *, model: type | None = None, force: bool = False) -> EmbedResult:
+    """Embed the image rows ``pks`` of ``model`` (default: the configured image model).
+
+    Permanent problems (no file, missing file, undecodable data) mark the row ``failed`` with
+    a reason. Transient ones (storage or database errors) raise, for the caller to retry.
+    A row whose file was replaced while we worked is left to the task its save enqueued.
+    """
+    model = model or get_image_model()
+    encoder = get_encoder()
+    image_field = visualsearch_settings.IMAGE_FIELD
+    result = EmbedResult()
+    pks = list(dict.fromkeys(pks))
+    rows = {row.pk: row for row in model._base_manager.filter(pk__in=pks)}
+    result.missing = [pk for pk in pks if pk not in rows]
+
+    work: list[tuple] = []  # (row, file name, digest, image)
+    for row in rows.values():
+        fieldfile = getattr(row, image_field)
+        if not fieldfile:
+            _mark_failed(model, row.pk, "", "The row has no image file.", result)
+            continue
+        try:
+            with fieldfile.storage.open(fieldfile.name, "rb") as handle:
+                data = read_limited(handle, visualsearch_settings.MAX_IMAGE_BYTES)
+        except FileNotFoundError:
+            _mark_failed(
+                model, row.pk, fieldfile.name, "The image file is missing from storage.", result
+            )
+            continue
+        except InvalidImage as exc:
+            _mark_failed(model, row.pk, fieldfile.name, str(exc), result)
+            continue
+        digest = content_hash(data)
+        unchanged = (
+            row.embedding_hash == digest
+            and row.embedding_model == encoder.model_id
+            and row.embedding is not None
+        )
+        if unchanged and not force:
+            if row.embedding_status != EmbeddingStatus.READY:
+                _write(model, row.pk, fieldfile.name, row.embedding, digest, encoder.model_id)
+            result.skipped.append(row.pk)
+            continue
+        try:
+            image = decode_image(data, max_pixels=visualsearch_settings.MAX_IMAGE_PIXELS)
+        except InvalidImage as exc:
+            _mark_failed(model, row.pk, fieldfile.name, str(exc), result)
+            continue
+        work.append((row, fieldfile.name, digest, image))
+
+    if not force and work:
+        known = _vectors_by_hash(model, {digest for _, _, digest, _ in work}, encoder.model_id)
+        for row, name, digest, _image in [item for item in work if item[2] in known]:
+            _write(model, row.pk, name, known[digest], digest, encoder.model_id)
+            result.reused.append(row.pk)
+        work = [item for item in work if item[2] not in known]
+
+    if work:
+        # Identical content inside the batch is encoded once.
+        unique: dict[str, int] = {}
+        images = []
+        for _row, _name, digest, image in work:
+            if digest not in unique:
+                unique[digest] = len(images)
+                images.append(image)
+        vectors = encoder.encode_images(images)
+        with transaction.atomic():
+            for row, name, digest, _image in work:
+                if _write(model, row.pk, name, vectors[unique[digest]], digest, encoder.model_id):
+                    result.ready.append(row.pk)
+    logger.info("visualsearch: %s (%s)", result, encoder.model_id)
+    return result
+
+
+def _vectors_by_hash(model: type, digests: set[str], model_id: str) -> dict[str, np.ndarray]:
+    rows = (
+        model._base_manager.filter(
+            embedding_hash__in=digests,
+            embedding_model=model_id,
+            embedding_status=EmbeddingStatus.READY,
+        )
+        .exclude(embedding=None)
+        .values_list("embedding_hash", "embedding")
+    )
+    return {digest: vector for digest, vector in rows}
+
+
+def _write(model: type, pk, name: str, vector, digest: str, model_id: str) -> bool:
+    """Store a vector, unless the row's file changed meanwhile. True when a row was updated."""
+    now = timezone.now()
+    return bool(
+        model._base_manager.filter(pk=pk, **{visualsearch_settings.IMAGE_FIELD: name}).update(
+            embedding=np.asarray(vector, dtype=np.float32),
+            embedding_model=model_id,
+            embedding_hash=digest,
+            embedding_status=EmbeddingStatus.READY,
+            embedding_error="",
+            embedded_at=now,
+            embedding_updated_at=now,
+        )
+    )
+
+
+def _mark_failed(model: type, pk, name: str, reason: str, result: EmbedResult) -> None:
+    logger.warning("visualsearch: image %s failed: %s", pk, reason)
+    model._base_manager.filter(pk=pk, **{visualsearch_settings.IMAGE_FIELD: name}).update(
+        embedding_status=EmbeddingStatus.FAILED,
+        embedding_error=reason,
+        embedding_updated_at=timezone.now(),
+    )
+    result.failed[pk] = reason
+
+
+def mark_stale(model: type | None = None) -> int:
+    """Mark ready rows embedded by another encoder model ``stale``; returns how many.
+
+    Queries only ever read vectors of the active model, so stale rows simply drop out of
+    results until the background re-embedding reaches them.
+    """
+    model = model or get_image_model()
+    return (
+        model._base_manager.filter(embedding_status=EmbeddingStatus.READY)
+        .exclude(embedding_model=get_encoder().model_id)
+        .update(embedding_status=EmbeddingStatus.STALE, embedding_updated_at=timezone.now())
+    )

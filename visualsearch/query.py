@@ -1,0 +1,167 @@
+"""Product-level similarity: similar products, search by image, search by text.
+
+All three run one ORM query over the image model ordered by ``embedding <=> query`` (served
+by the HNSW index), group image hits by product, and return product instances annotated
+with ``distance`` (cosine distance of the best-matching image) and ``similarity``
+(``1 - distance``), best first.
+"""
+
+from __future__ import annotations
+
+from typing import Any, BinaryIO
+
+import numpy as np
+from django.db import connections, transaction
+from django.db.models import Value
+from pgvector.django import CosineDistance
+from PIL import Image
+
+from visualsearch.conf import get_image_model, get_product_model, visualsearch_settings
+from visualsearch.encoders import TextEncodingNotSupported, get_encoder
+from visualsearch.encoders.base import l2_normalize
+from visualsearch.images import decode_image, read_limited
+
+__all__ = [
+    "TextEncodingNotSupported",
+    "nearest_products",
+    "search_by_image",
+    "search_by_text",
+    "similar_products",
+]
+
+#: Image hits fetched per wanted product (a product may have several near-identical images).
+OVERFETCH = 4
+MAX_FETCH = 4000
+
+
+def similar_products(product: Any, k: int = 8, *, queryset: Any = None, **filters: Any) -> list:
+    """The ``k`` products most similar to ``product`` (itself excluded).
+
+    The query vector is the normalised mean of the product's ready image vectors. Keyword
+    ``filters`` apply to the product model (``category=…``, ``in_stock=True``,
+    ``price__lte=…``); ``queryset`` is the product queryset results are loaded from (to add
+    ``select_related``/``prefetch_related``). Returns ``[]`` while the product has no ready
+    embedding.
+    """
+    product_field = visualsearch_settings.PRODUCT_FIELD
+    vectors = list(
+        get_image_model()
+        .objects.ready()
+        .filter(**{product_field: product})
+        .values_list("embedding", flat=True)
+    )
+    if not vectors:
+        return []
+    query = l2_normalize(np.mean(np.stack(vectors), axis=0, keepdims=True))[0]
+    return nearest_products(query, k, exclude=product, queryset=queryset, **filters)
+
+
+def search_by_image(
+    image: Image.Image | bytes | BinaryIO, k: int = 8, *, queryset: Any = None, **filters: Any
+) -> list:
+    """Products whose images look most like ``image`` (a PIL image, bytes or a binary file).
+
+    Undecodable data raises ``visualsearch.images.InvalidImage`` with a reason for the user.
+    """
+    if not isinstance(image, Image.Image):
+        data = (
+            image
+            if isinstance(image, bytes)
+            else read_limited(image, visualsearch_settings.MAX_IMAGE_BYTES)
+        )
+        image = decode_image(data, max_pixels=visualsearch_settings.MAX_IMAGE_PIXELS)
+    vector = get_encoder().encode_images([image])[0]
+    return nearest_products(vector, k, queryset=queryset, **filters)
+
+
+def search_by_text(text: str, k: int = 8, *, queryset: Any = None, **filters: Any) -> list:
+    """Products whose images match the description ``text`` (CLIP's text tower).
+
+    Raises ``TextEncodingNotSupported`` when the configured encoder has no text tower, and
+    ``ValueError`` for an empty query.
+    """
+    text = (text or "").strip()
+    if not text:
+        raise ValueError("The search text is empty.")
+    encoder = get_encoder()
+    if not encoder.supports_text:
+        encoder.encode_texts([text])  # raises TextEncodingNotSupported with the reason
+    vector = encoder.encode_texts([text])[0]
+    return nearest_products(vector, k, queryset=queryset, **filters)
+
+
+def nearest_products(
+    vector: np.ndarray,
+    k: int = 8,
+    *,
+    exclude: Any = None,
+    exact: bool = False,
+    queryset: Any = None,
+    **filters: Any,
+) -> list:
+    """The ``k`` products whose best image is nearest to ``vector``.
+
+    Uses the HNSW index with ``hnsw.iterative_scan`` so that filtered queries keep scanning
+    until they have enough rows; when the index still comes back short, repeats the query as
+    an exact scan over the filtered rows, so ``k`` results come back whenever ``k`` exist.
+    """
+    if k < 1:
+        return []
+    product_field = visualsearch_settings.PRODUCT_FIELD
+    images = get_image_model().objects.ready()
+    if exclude is not None:
+        images = images.exclude(**{product_field: exclude})
+    if filters:
+        images = images.filter(
+            **{f"{product_field}__{key}": value for key, value in filters.items()}
+        )
+    vector = np.asarray(vector, dtype=np.float32)
+    distance = CosineDistance("embedding", vector)
+    fetch = k * OVERFETCH
+    while True:
+        # "+ 0" hides the ordering from the index: an exact scan over the filtered rows.
+        order = distance + Value(0.0) if exact else distance
+        rows = _fetch(images.annotate(distance=order).order_by("distance"), product_field, fetch)
+        best = _best_per_product(rows)
+        if len(best) >= k or fetch >= MAX_FETCH:
+            break
+        if len(rows) < fetch:  # the index ran out of candidates before LIMIT
+            if exact:
+                break
+            exact = True
+        else:
+            fetch *= 4
+    return _load_products(best[:k], queryset)
+
+
+def _fetch(queryset, product_field: str, limit: int) -> list[tuple]:
+    """Evaluate ``queryset[:limit]`` with the HNSW settings, in one transaction (SET LOCAL)."""
+    ef_search = min(max(int(visualsearch_settings.HNSW_EF_SEARCH), limit), 1000)
+    attname = queryset.model._meta.get_field(product_field).attname
+    with transaction.atomic(using=queryset.db):
+        with connections[queryset.db].cursor() as cursor:
+            cursor.execute(f"SET LOCAL hnsw.ef_search = {ef_search}")
+            cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        return list(queryset.values_list(attname, "distance")[:limit])
+
+
+def _best_per_product(rows: list[tuple]) -> list[tuple]:
+    best: dict[Any, float] = {}
+    for product_id, distance in rows:
+        if product_id not in best or distance < best[product_id]:
+            best[product_id] = distance
+    return sorted(best.items(), key=lambda item: item[1])
+
+
+def _load_products(ranked: list[tuple], queryset: Any = None) -> list:
+    if queryset is None:
+        queryset = get_product_model()._default_manager.all()
+    products = queryset.in_bulk([pk for pk, _ in ranked])
+    results = []
+    for pk, distance in ranked:
+        product = products.get(pk)
+        if product is not None:
+            product.distance = float(distance)
+            product.similarity = 1.0 - float(distance)
+            results.append(product)
+    return results
