@@ -11,7 +11,7 @@ PORT ?= 8000
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[drf,clip,offline,dev]"
+	$(PY) -m pip install --quiet -e ".[drf,clip,offline,shop,dev]"
 	touch $@
 
 install: $(VENV)/.installed

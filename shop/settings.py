@@ -59,6 +59,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -109,6 +110,12 @@ STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
 MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", BASE_DIR / "media"))
+# Serve uploads from Django itself (demo and docker-compose; a real shop uses its CDN/storage).
+SERVE_MEDIA = _env_bool("DJANGO_SERVE_MEDIA", DEBUG)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
 
 # Uploads: Django's own cap on request bodies held in memory; image files stream to disk.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
@@ -141,6 +148,10 @@ _ENCODERS = {
         "ENCODER_OPTIONS": {"model": os.environ.get("VISUALSEARCH_CLIP_MODEL", "clip-ViT-B-32")},
     },
 }
+# Threads per encoder process (default: all CPUs); set to cores / worker concurrency.
+if os.environ.get("VISUALSEARCH_ENCODER_THREADS"):
+    for _encoder in _ENCODERS.values():
+        _encoder["ENCODER_OPTIONS"]["threads"] = int(os.environ["VISUALSEARCH_ENCODER_THREADS"])
 _encoder_choice = os.environ.get("VISUALSEARCH_ENCODER", "efficientnet")
 if _encoder_choice not in _ENCODERS:
     raise RuntimeError(

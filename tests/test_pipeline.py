@@ -154,3 +154,34 @@ def test_a_file_replaced_meanwhile_is_not_overwritten(make_product):
 
     assert _write(ProductImage, image.pk, image.image.name, np.ones(32), "x" * 64, "m") is False
     assert ProductImage.objects.get(pk=image.pk).embedding is None
+
+
+@pytest.mark.django_db
+def test_task_records_a_vector_the_database_refuses_as_failed(make_product, settings, tmp_path):
+    from tests.tiny_clip import build_tiny_clip
+    from visualsearch.tasks import embed_images_task
+
+    image = make_product().images.get()
+    other = build_tiny_clip(tmp_path / "clip16", projection_dim=16, image_size=32)
+    settings.VISUALSEARCH = {**settings.VISUALSEARCH, "ENCODER_OPTIONS": {"model": str(other)}}
+    result = embed_images_task.apply(args=("catalog", "productimage", [image.pk])).get()
+    assert "1 failed" in result
+    row = ProductImage.objects.get(pk=image.pk)
+    assert row.embedding_status == EmbeddingStatus.FAILED
+    assert "expected 32 dimensions, not 16" in row.embedding_error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rolled_back_savepoint_drops_its_rows_from_the_batch(broker, make_product):
+    with transaction.atomic():
+        kept = make_product()
+        try:
+            with transaction.atomic():
+                make_product()
+                raise RuntimeError
+        except RuntimeError:
+            pass
+        kept_too = make_product()
+    (task,) = queued_tasks(broker)
+    expected = [kept.images.get().pk, kept_too.images.get().pk]
+    assert sorted(task["args"][2]) == sorted(expected)

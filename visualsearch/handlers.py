@@ -48,15 +48,23 @@ def schedule(model: type, pk: Any) -> None:
     """
     using = router.db_for_write(model)
     connection = transaction.get_connection(using)
-    batch = getattr(connection, "_visualsearch_batch", None)
-    # The batch is live while its callback waits in this transaction's on_commit list.
-    if batch is None or not any(entry[1] is batch for entry in connection.run_on_commit):
-        batch = _Batch()
+    # One batch per savepoint level, so that a rolled-back savepoint takes its rows with it.
+    # A batch is live while its callback waits in the transaction's on_commit list.
+    waiting = {id(entry[1]) for entry in connection.run_on_commit}
+    batches = {
+        key: batch
+        for key, batch in getattr(connection, "_visualsearch_batches", {}).items()
+        if id(batch) in waiting
+    }
+    key = tuple(connection.savepoint_ids)
+    batch = batches.get(key)
+    if batch is None:
+        batch = batches[key] = _Batch()
         batch.add(model, pk)
-        connection._visualsearch_batch = batch
         transaction.on_commit(batch, using=using, robust=True)
     else:
         batch.add(model, pk)
+    connection._visualsearch_batches = batches
 
 
 class _Batch:

@@ -160,6 +160,16 @@ def _mark_failed(model: type, pk, name: str, reason: str, result: EmbedResult) -
     result.failed[pk] = reason
 
 
+def mark_failed(model: type, pks: Iterable, reason: str) -> int:
+    """Record ``reason`` on rows whose embedding cannot be stored; returns how many."""
+    logger.error("visualsearch: images %s failed: %s", list(pks), reason)
+    return model._base_manager.filter(pk__in=list(pks)).update(
+        embedding_status=EmbeddingStatus.FAILED,
+        embedding_error=reason,
+        embedding_updated_at=timezone.now(),
+    )
+
+
 def mark_stale(model: type | None = None) -> int:
     """Mark ready rows embedded by another encoder model ``stale``; returns how many.
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 from celery import shared_task
 from celery.signals import worker_process_init
 from django.apps import apps
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import DataError, InterfaceError, OperationalError
 from django.db.models import Q
 from django.utils import timezone
 
@@ -19,17 +19,20 @@ from visualsearch.models import EmbeddingStatus
 logger = logging.getLogger(__name__)
 
 #: Errors worth another try: the database or the file storage was briefly unavailable.
-TRANSIENT_ERRORS = (OperationalError, InterfaceError, DatabaseError, OSError)
+TRANSIENT_ERRORS = (OperationalError, InterfaceError, OSError)
 
 
 @shared_task(bind=True, name="visualsearch.embed_images", acks_late=True, ignore_result=True)
 def embed_images_task(self, app_label: str, model_name: str, pks: list, force: bool = False) -> str:
     """Embed the given image rows; retry transient failures with exponential backoff."""
-    from visualsearch.pipeline import embed_images
+    from visualsearch.pipeline import embed_images, mark_failed
 
     model = apps.get_model(app_label, model_name)
     try:
         return str(embed_images(pks, model=model, force=force))
+    except DataError as exc:  # the database refuses the vector: retrying cannot help
+        mark_failed(model, pks, f"The database rejected the vector: {exc}".strip())
+        return f"{len(pks)} failed: {exc}"
     except TRANSIENT_ERRORS as exc:
         countdown = min(
             2 ** (self.request.retries + 1), visualsearch_settings.TASK_RETRY_BACKOFF_MAX
