@@ -388,3 +388,11 @@ def test_imports_the_shared_fashion_catalog():
     product = Product.objects.order_by("external_id").first()
     assert product.category.name and product.description.startswith("Gender: ")
     assert default_storage.exists(product.images.get().image.name)
+
+
+def test_defer_embedding_leaves_rows_pending_for_reindex(transactional_db, broker, local_csv):
+    run_import(local_csv, "--no-progress", "--defer-embedding")
+    assert queued_tasks(broker) == []
+    assert set(ProductImage.objects.values_list("embedding_status", flat=True)) == {"pending"}
+    call_command("visualsearch_reindex", "--no-progress", stdout=StringIO())
+    assert set(ProductImage.objects.values_list("embedding_status", flat=True)) == {"ready"}

@@ -185,3 +185,15 @@ def test_rolled_back_savepoint_drops_its_rows_from_the_batch(broker, make_produc
     (task,) = queued_tasks(broker)
     expected = [kept.images.get().pk, kept_too.images.get().pk]
     assert sorted(task["args"][2]) == sorted(expected)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deferred_embedding_marks_pending_without_enqueueing(broker, make_product):
+    from visualsearch.handlers import deferred_embedding
+
+    with deferred_embedding():
+        product = make_product(images=2)
+    assert queued_tasks(broker) == []
+    assert set(product.images.values_list("embedding_status", flat=True)) == {"pending"}
+    make_product()
+    assert len(queued_tasks(broker)) == 1  # back to normal after the block

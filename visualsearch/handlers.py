@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.db import router, transaction
@@ -11,6 +14,21 @@ from visualsearch.conf import visualsearch_settings
 from visualsearch.models import EmbeddingStatus
 
 _ORIGINAL = "_visualsearch_original_file"
+_deferred = threading.local()
+
+
+@contextmanager
+def deferred_embedding() -> Iterator[None]:
+    """Inside this block changed images are marked ``pending`` but not enqueued.
+
+    For bulk imports: run ``manage.py visualsearch_reindex`` afterwards (inline, in large
+    batches), or leave the rows to the periodic sweep. Nests; applies to this thread only.
+    """
+    _deferred.depth = getattr(_deferred, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _deferred.depth -= 1
 
 
 def remember_file(sender: type, instance: Any, **kwargs: Any) -> None:
@@ -46,6 +64,8 @@ def schedule(model: type, pk: Any) -> None:
     Nothing is sent for a transaction (or savepoint) that rolls back: Django drops its
     ``on_commit`` callbacks, and with them the batch.
     """
+    if getattr(_deferred, "depth", 0):
+        return
     using = router.db_for_write(model)
     connection = transaction.get_connection(using)
     # One batch per savepoint level, so that a rolled-back savepoint takes its rows with it.

