@@ -109,3 +109,22 @@ def test_status_counts_by_status_and_model(make_product):
     assert lines["pending"].split()[1] == "1"
     assert lines["total"].split()[1] == "4"
     assert EmbeddingStatus.STALE not in lines
+
+
+@pytest.mark.django_db(transaction=True)
+def test_admin_reembed_action_enqueues_a_forced_batch(admin_client, make_product, broker):
+    product = make_product(images=2)
+    run("visualsearch_reindex", "--no-progress")
+    broker.flushdb()
+    pks = list(product.images.values_list("pk", flat=True))
+    response = admin_client.post(
+        "/admin/catalog/productimage/",
+        {"action": "reembed_selected", "_selected_action": pks},
+        follow=True,
+    )
+    assert "Enqueued 2 of 2 image(s)" in response.content.decode()
+    (task,) = queued_tasks(broker)
+    assert sorted(task["args"][2]) == sorted(pks) and task["args"][3] is True
+    assert set(product.images.values_list("embedding_status", flat=True)) == {"pending"}
+    listing = admin_client.get("/admin/catalog/productimage/?embedding_status__exact=pending")
+    assert listing.status_code == 200 and "Pending" in listing.content.decode()

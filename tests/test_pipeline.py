@@ -197,3 +197,60 @@ def test_deferred_embedding_marks_pending_without_enqueueing(broker, make_produc
     assert set(product.images.values_list("embedding_status", flat=True)) == {"pending"}
     make_product()
     assert len(queued_tasks(broker)) == 1  # back to normal after the block
+
+
+@pytest.mark.django_db
+def test_transient_storage_error_is_retried_then_left_pending(make_product, settings, caplog):
+    import os
+
+    from visualsearch.tasks import embed_images_task
+
+    settings.VISUALSEARCH = {**settings.VISUALSEARCH, "TASK_MAX_RETRIES": 2}
+    image = make_product().images.get()
+    path = image.image.path
+    os.replace(path, path + ".away")
+    os.mkdir(path)  # reading a directory raises IsADirectoryError: an OSError, retried
+    try:
+        outcome = embed_images_task.apply(args=("catalog", "productimage", [image.pk]))
+        assert isinstance(outcome.result, IsADirectoryError)
+        assert outcome.state == "FAILURE"
+        retries = [r for r in caplog.records if "transient error" in r.getMessage()]
+        assert [r.getMessage().split(" retry in ")[1].split("s:")[0] for r in retries] == [
+            "2",
+            "4",
+        ]  # exponential backoff, then it gives up after the second retry
+        assert "giving up" in caplog.text
+    finally:
+        os.rmdir(path)
+        os.replace(path + ".away", path)
+    row = ProductImage.objects.get(pk=image.pk)
+    assert row.embedding_status == EmbeddingStatus.PENDING  # not failed: the sweep retries it
+    assert (
+        "1 embedded" in embed_images_task.apply(args=("catalog", "productimage", [image.pk])).get()
+    )
+
+
+def test_pgvector_version_comparison():
+    from visualsearch.checks import MIN_PGVECTOR, _version
+
+    assert _version("0.8.3") < MIN_PGVECTOR <= _version("0.8.4") < _version("0.10.0")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sweep_re_enqueues_old_pending_and_stale_rows(broker, make_product):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from visualsearch.tasks import sweep_pending
+
+    old, recent, stale = (make_product().images.get() for _ in range(3))
+    ProductImage.objects.filter(pk=old.pk).update(
+        embedding_updated_at=timezone.now() - timedelta(hours=1)
+    )
+    ProductImage.objects.filter(pk=stale.pk).update(embedding_status=EmbeddingStatus.STALE)
+    broker.flushdb()
+    assert sweep_pending() == 2
+    (task,) = queued_tasks(broker)
+    assert sorted(task["args"][2]) == sorted([old.pk, stale.pk])
+    assert recent.pk not in task["args"][2]

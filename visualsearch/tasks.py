@@ -34,13 +34,15 @@ def embed_images_task(self, app_label: str, model_name: str, pks: list, force: b
         mark_failed(model, pks, f"The database rejected the vector: {exc}".strip())
         return f"{len(pks)} failed: {exc}"
     except TRANSIENT_ERRORS as exc:
+        max_retries = visualsearch_settings.TASK_MAX_RETRIES
+        if self.request.retries >= max_retries:
+            logger.error("visualsearch: giving up on %s, rows stay pending: %s", pks, exc)
+            raise
         countdown = min(
             2 ** (self.request.retries + 1), visualsearch_settings.TASK_RETRY_BACKOFF_MAX
         )
         logger.warning("visualsearch: transient error on %s, retry in %ss: %s", pks, countdown, exc)
-        raise self.retry(
-            exc=exc, countdown=countdown, max_retries=visualsearch_settings.TASK_MAX_RETRIES
-        ) from exc
+        raise self.retry(exc=exc, countdown=countdown, max_retries=max_retries) from exc
 
 
 @shared_task(name="visualsearch.sweep_pending", ignore_result=True)
