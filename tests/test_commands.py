@@ -128,3 +128,20 @@ def test_admin_reembed_action_enqueues_a_forced_batch(admin_client, make_product
     assert set(product.images.values_list("embedding_status", flat=True)) == {"pending"}
     listing = admin_client.get("/admin/catalog/productimage/?embedding_status__exact=pending")
     assert listing.status_code == 200 and "Pending" in listing.content.decode()
+
+
+def test_demo_setup_generates_a_catalog_without_shared_data(monkeypatch, settings, tmp_path):
+    from django.contrib.auth import get_user_model
+
+    from shop.catalog.management.commands import demo_setup
+    from shop.catalog.models import Product
+
+    monkeypatch.setattr(demo_setup, "SHARED_CATALOG", tmp_path / "absent" / "products.csv")
+    settings.BASE_DIR = tmp_path
+    out, _ = run("demo_setup")
+    assert "generated a small one" in out
+    assert Product.objects.count() == 24
+    assert statuses() == ["ready"] * 24
+    assert get_user_model().objects.filter(username="admin", is_superuser=True).exists()
+    out, _ = run("demo_setup")  # a second run changes nothing
+    assert "Catalog already has 24 products." in out and "0 image(s) to embed" in out
