@@ -1,7 +1,8 @@
 """Settings of the demo shop.
 
 Everything that differs between a laptop and production comes from the environment:
-``DATABASE_URL`` (otherwise an embedded Postgres + pgvector under ``.pgdata/``),
+``DATABASE_URL`` (otherwise an embedded Postgres + pgvector under ``.pgdata/``, database
+``VISUALSEARCH_DB_NAME`` or ``visualsearch``),
 ``CELERY_BROKER_URL`` / ``REDIS_URL``, ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``,
 ``DJANGO_ALLOWED_HOSTS``, ``MEDIA_ROOT`` and the encoder choice ``VISUALSEARCH_ENCODER``
 (``efficientnet`` — the default, offline, real ImageNet weights — or ``clip``) with
@@ -92,7 +93,8 @@ else:
     from shop.embedded_db import embedded_database_url
 
     _pgdata = Path(os.environ.get("VISUALSEARCH_PGDATA", BASE_DIR / ".pgdata")).resolve()
-    DATABASES = {"default": database_from_url(embedded_database_url(_pgdata, "visualsearch"))}
+    _database = os.environ.get("VISUALSEARCH_DB_NAME", "visualsearch")
+    DATABASES = {"default": database_from_url(embedded_database_url(_pgdata, _database))}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -103,3 +103,10 @@ def test_django_start_and_check_do_not_import_torch():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "HEAVY []" in result.stdout
+
+
+def test_torchvision_stays_out_of_the_environment():
+    # A CUDA torchvision from PyPI beside CPU torch breaks CLIP in transformers.
+    import importlib.util
+
+    assert importlib.util.find_spec("torchvision") is None
