@@ -5,7 +5,8 @@ Everything that differs between a laptop and production comes from the environme
 ``VISUALSEARCH_DB_NAME`` or ``visualsearch``),
 ``CELERY_BROKER_URL`` / ``REDIS_URL``, ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``,
 ``DJANGO_ALLOWED_HOSTS``, ``MEDIA_ROOT`` and the encoder choice ``VISUALSEARCH_ENCODER``
-(``efficientnet`` — the default, offline, real ImageNet weights — or ``clip``) with
+(``efficientnet`` — the default, offline, real ImageNet weights —, ``adapted`` — the same
+with the catalog projection at ``VISUALSEARCH_PROJECTION`` — or ``clip``) with
 ``VISUALSEARCH_CLIP_MODEL`` (a hub name or a local sentence-transformers directory).
 """
 
@@ -144,6 +145,16 @@ _ENCODERS = {
     "efficientnet": {
         "ENCODER": "visualsearch.encoders.efficientnet.EfficientNetLite0Encoder",
         "ENCODER_OPTIONS": {},
+    },
+    # EfficientNet + the projection `manage.py visualsearch_adapt` learns from the catalog.
+    "adapted": {
+        "ENCODER": "visualsearch.encoders.adapted.AdaptedEncoder",
+        "ENCODER_OPTIONS": {
+            "base": "visualsearch.encoders.efficientnet.EfficientNetLite0Encoder",
+            "projection": os.environ.get(
+                "VISUALSEARCH_PROJECTION", str(BASE_DIR / ".cache" / "visualsearch-projection.npz")
+            ),
+        },
     },
     "clip": {
         "ENCODER": "visualsearch.encoders.clip.CLIPEncoder",

@@ -90,6 +90,12 @@ def embed_images(pks: Iterable, *, model: type | None = None, force: bool = Fals
                 _write(model, row.pk, fieldfile.name, row.embedding, digest, encoder.model_id)
             result.skipped.append(row.pk)
             continue
+        if row.embedding_hash == digest and row.embedding is not None and not force:
+            derived = encoder.derive(row.embedding, row.embedding_model)
+            if derived is not None:  # e.g. adapted from the stored base vector
+                _write(model, row.pk, fieldfile.name, derived, digest, encoder.model_id)
+                result.reused.append(row.pk)
+                continue
         try:
             image = decode_image(data, max_pixels=visualsearch_settings.MAX_IMAGE_PIXELS)
         except InvalidImage as exc:

@@ -44,12 +44,24 @@ class BaseEncoder:
             "configure a CLIP encoder to search by text."
         )
 
+    def derive(self, vector: np.ndarray, model_id: str) -> np.ndarray | None:
+        """This encoder's vector for an image, from its stored vector of ``model_id``.
+
+        ``None`` (the default) when it cannot be derived and the image must be encoded; the
+        adapted encoder derives from its base model's vectors without touching the image.
+        """
+        return None
+
     def warm_up(self) -> None:
         """Load the model now (worker start) rather than on the first image."""
         self.encode_images([Image.new("RGB", (64, 64), "white")])
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.model_id} ({self.dimensions}-d)>"
+        try:
+            model_id = self.model_id
+        except Exception:  # e.g. an adapted encoder whose projection is not trained yet
+            model_id = "(not ready)"
+        return f"<{type(self).__name__} {model_id} ({self.dimensions}-d)>"
 
 
 def l2_normalize(rows: np.ndarray) -> np.ndarray:

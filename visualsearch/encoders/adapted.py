@@ -1,0 +1,95 @@
+"""An encoder adapted to the catalog: a base encoder followed by a learned projection.
+
+    VISUALSEARCH = {
+        "ENCODER": "visualsearch.encoders.adapted.AdaptedEncoder",
+        "ENCODER_OPTIONS": {
+            "base": "visualsearch.encoders.efficientnet.EfficientNetLite0Encoder",
+            "projection": "/var/lib/shop/visualsearch-projection.npz",
+        },
+    }
+
+The projection file comes from ``manage.py visualsearch_adapt``. Its content hash is part of
+the model id, so a retrained projection makes every stored vector ``stale``; processes notice
+a replaced file on their next use and reload it, so web and workers never mix two versions.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+from PIL import Image
+
+from visualsearch.encoders.base import BaseEncoder
+
+
+class AdaptedEncoder(BaseEncoder):
+    """``base`` encoder (dotted path + ``base_options``) followed by the ``projection`` file."""
+
+    supports_text = False
+
+    def __init__(
+        self,
+        *,
+        base: str,
+        projection: str | os.PathLike,
+        base_options: dict[str, Any] | None = None,
+        dimensions: int | None = None,
+    ) -> None:
+        try:
+            base_class = import_string(base)
+        except ImportError as exc:
+            raise ImproperlyConfigured(f"AdaptedEncoder base {base!r} cannot be imported.") from exc
+        self.base: BaseEncoder = base_class(**(base_options or {}))
+        self.projection_path = Path(projection)
+        # The projection keeps the base size unless trained otherwise; known without the file,
+        # so that Django starts (and visualsearch_adapt runs) before the first training.
+        self.dimensions = dimensions or self.base.dimensions
+        self._loaded: tuple[tuple[int, int], Any] | None = None
+        self._lock = threading.Lock()
+
+    def projection(self):
+        """The current projection, reloaded when the file was replaced."""
+        from visualsearch.adapt import Projection
+
+        try:
+            stat = self.projection_path.stat()
+        except FileNotFoundError:
+            raise ImproperlyConfigured(
+                f"The projection {self.projection_path} does not exist yet: train it with "
+                "`manage.py visualsearch_adapt`."
+            ) from None
+        signature = (stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            if self._loaded is None or self._loaded[0] != signature:
+                projection = Projection.load(self.projection_path)
+                if projection.dimensions != self.dimensions:
+                    raise ImproperlyConfigured(
+                        f"{self.projection_path} makes {projection.dimensions}-d vectors; "
+                        f"{self.dimensions}-d are configured."
+                    )
+                if projection.input_dimensions != self.base.dimensions:
+                    raise ImproperlyConfigured(
+                        f"{self.projection_path} was trained on {projection.input_dimensions}-d "
+                        f"features; {self.base.model_id} makes {self.base.dimensions}-d ones."
+                    )
+                self._loaded = (signature, projection)
+            return self._loaded[1]
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.base.model_id}+adapted:{self.projection().digest[:12]}"
+
+    def derive(self, vector: np.ndarray, model_id: str) -> np.ndarray | None:
+        if model_id != self.base.model_id:
+            return None
+        return self.projection().apply(np.asarray(vector, dtype=np.float32)[None, :])[0]
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.projection().apply(self.base.encode_images(images))

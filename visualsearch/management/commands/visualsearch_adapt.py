@@ -1,0 +1,172 @@
+"""``manage.py visualsearch_adapt``: learn a catalog-specific projection from product labels.
+
+Trains on the base encoder's features of every image whose product is not held out, reports
+precision@10 by label on the held-out products before and after, and writes the projection.
+When the configured encoder is the ``AdaptedEncoder`` reading that file, its model id changes
+with the new weights: stored vectors become ``stale`` and are re-embedded by the workers
+(``--reindex enqueue``, the default) or right here (``--reindex inline``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from visualsearch.adapt import is_held_out, precision_at_k, train_projection
+from visualsearch.conf import get_image_model, visualsearch_settings
+from visualsearch.encoders import get_encoder
+from visualsearch.encoders.adapted import AdaptedEncoder
+from visualsearch.images import InvalidImage, decode_image, read_limited
+from visualsearch.models import EmbeddingStatus
+from visualsearch.pipeline import mark_stale
+from visualsearch.tasks import enqueue
+
+
+class Command(BaseCommand):
+    help = "Train a projection that groups images by a product label, and activate it."
+    # The adapted encoder may not have its projection yet: that is what this command makes.
+    requires_system_checks: list = []
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--label", default="category", help="product field to learn from")
+        parser.add_argument("--out", type=Path, help="projection file (default: the configured)")
+        parser.add_argument("--holdout", type=float, default=0.2, help="share of products kept out")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--split-key", default="pk", help="product field the split hashes")
+        parser.add_argument("--hidden", type=int, default=1024)
+        parser.add_argument("--epochs", type=int, default=30)
+        parser.add_argument(
+            "--reindex", choices=["enqueue", "inline", "none"], default="enqueue",
+            help="how to re-embed once the configured projection changed",
+        )  # fmt: skip
+        parser.add_argument("--no-progress", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if not 0 <= options["holdout"] < 1:
+            raise CommandError("--holdout must be in [0, 1).")
+        active = get_encoder()
+        base = active.base if isinstance(active, AdaptedEncoder) else active
+        out = options["out"] or (
+            active.projection_path if isinstance(active, AdaptedEncoder) else None
+        )
+        if out is None:
+            raise CommandError("Give --out (the configured encoder is not an AdaptedEncoder).")
+
+        features, labels, products, held = self._features(base, options)
+        train = np.flatnonzero(~held)
+        test = np.flatnonzero(held)
+        self.stdout.write(
+            f"{len(features)} images of {len(set(products))} products, {len(set(labels))} labels; "
+            f"training on {len(train)} images, {len(test)} held out."
+        )
+        started = time.monotonic()
+        bar = tqdm(
+            total=options["epochs"], unit="epoch", disable=options["no_progress"], file=self.stderr
+        )
+        projection = train_projection(
+            features[train], [labels[i] for i in train], hidden=options["hidden"],
+            epochs=options["epochs"], seed=options["seed"],
+            on_epoch=lambda epoch, loss: (bar.update(), bar.set_postfix(loss=f"{loss:.3f}")),
+        )  # fmt: skip
+        bar.close()
+        metrics = {"trained_seconds": round(time.monotonic() - started, 1)}
+        if len(test):
+            metrics["heldout_precision@10_before"] = precision_at_k(
+                features, labels, test, 10, products
+            )
+            adapted = projection.apply(features)
+            metrics["heldout_precision@10_after"] = precision_at_k(
+                adapted, labels, test, 10, products
+            )
+            self.stdout.write(
+                f"Held-out precision@10 by {options['label']} (exact, per image): "
+                f"{metrics['heldout_precision@10_before']:.3f} before, "
+                f"{metrics['heldout_precision@10_after']:.3f} after."
+            )
+        projection.meta.update(
+            base_model=base.model_id, label=options["label"], holdout=options["holdout"],
+            split_seed=options["seed"], split_key=options["split_key"], **metrics,
+        )  # fmt: skip
+        projection.save(out)
+        self.stdout.write(self.style.SUCCESS(f"Wrote {out} ({metrics['trained_seconds']} s)."))
+        self._activate(active, out, options)
+
+    def _features(self, base: Any, options: dict) -> tuple:
+        """Base features, labels, product ids and held-out flags of every labelled image."""
+        model = get_image_model()
+        product = visualsearch_settings.PRODUCT_FIELD
+        label, key = f"{product}__{options['label']}", f"{product}__{options['split_key']}"
+        rows = list(
+            model._base_manager.exclude(**{f"{label}__isnull": True})
+            .order_by("pk")
+            .values_list("pk", f"{product}_id", key, label, "embedding_model", "embedding_status")
+        )
+        if not rows:
+            raise CommandError(f"No image has a product with a {options['label']!r} value.")
+        stored = dict(
+            model._base_manager.filter(
+                embedding_model=base.model_id, embedding_status=EmbeddingStatus.READY
+            ).values_list("pk", "embedding")
+        )
+        missing = [row[0] for row in rows if row[0] not in stored]
+        if missing:  # e.g. retraining while adapted vectors are active: encode with the base
+            self.stdout.write(f"Encoding {len(missing)} image(s) with {base.model_id}.")
+            stored.update(self._encode(model, base, missing, options))
+        rows = [row for row in rows if row[0] in stored]
+        features = np.stack([np.asarray(stored[row[0]], dtype=np.float32) for row in rows])
+        held = np.array([is_held_out(row[2], options["holdout"], options["seed"]) for row in rows])
+        return features, [str(row[3]) for row in rows], [row[1] for row in rows], held
+
+    def _encode(self, model: type, base: Any, pks: list, options: dict) -> dict:
+        vectors = {}
+        field = visualsearch_settings.IMAGE_FIELD
+        bar = tqdm(total=len(pks), unit="img", disable=options["no_progress"], file=self.stderr)
+        for start in range(0, len(pks), visualsearch_settings.BATCH_SIZE):
+            batch, images = [], []
+            for row in model._base_manager.filter(
+                pk__in=pks[start : start + visualsearch_settings.BATCH_SIZE]
+            ):
+                try:
+                    with getattr(row, field).open("rb") as handle:
+                        data = read_limited(handle, visualsearch_settings.MAX_IMAGE_BYTES)
+                    images.append(
+                        decode_image(data, max_pixels=visualsearch_settings.MAX_IMAGE_PIXELS)
+                    )
+                    batch.append(row.pk)
+                except (OSError, ValueError, InvalidImage):
+                    continue  # unreadable images simply do not take part in training
+            if images:
+                vectors.update(zip(batch, base.encode_images(images), strict=True))
+            bar.update(min(visualsearch_settings.BATCH_SIZE, len(pks) - start))
+        bar.close()
+        return vectors
+
+    def _activate(self, active: Any, out: Path, options: dict) -> None:
+        configured = (
+            isinstance(active, AdaptedEncoder) and active.projection_path.resolve() == out.resolve()
+        )
+        if not configured:
+            self.stdout.write(
+                "Activate it with VISUALSEARCH['ENCODER'] = "
+                "'visualsearch.encoders.adapted.AdaptedEncoder' and ENCODER_OPTIONS = "
+                f"{{'base': '{type(active).__module__}.{type(active).__name__}', "
+                f"'projection': '{out}'}}; stored vectors then become stale and are re-embedded."
+            )
+            return
+        stale = mark_stale()
+        self.stdout.write(f"New model {active.model_id}: {stale} image(s) marked stale.")
+        if options["reindex"] == "inline":
+            call_command("visualsearch_reindex", "--stale", "--no-progress", stdout=self.stdout)
+        elif options["reindex"] == "enqueue":
+            model = get_image_model()
+            pks = model._base_manager.filter(embedding_status=EmbeddingStatus.STALE).values_list(
+                "pk", flat=True
+            )
+            sent = enqueue(model, list(pks))
+            self.stdout.write(f"Enqueued {sent} image(s) for re-embedding.")
