@@ -48,13 +48,14 @@ def image_saved(
     if not created and original is not None and name == original:
         return
     setattr(instance, _ORIGINAL, name)
-    now = timezone.now()
-    sender._base_manager.filter(pk=instance.pk).update(
-        embedding_status=EmbeddingStatus.PENDING, embedding_error="", embedding_updated_at=now
-    )
-    instance.embedding_status = EmbeddingStatus.PENDING
-    instance.embedding_error = ""
-    instance.embedding_updated_at = now
+    if not created:  # a new row is already pending (the field defaults)
+        now = timezone.now()
+        sender._base_manager.filter(pk=instance.pk).update(
+            embedding_status=EmbeddingStatus.PENDING, embedding_error="", embedding_updated_at=now
+        )
+        instance.embedding_status = EmbeddingStatus.PENDING
+        instance.embedding_error = ""
+        instance.embedding_updated_at = now
     schedule(sender, instance.pk)
 
 
