@@ -55,6 +55,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "visualsearch",
     "shop.catalog",
 ]
@@ -123,8 +125,33 @@ STORAGES = {
 # Uploads: Django's own cap on request bodies held in memory; image files stream to disk.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
-# --- Celery (Redis broker) -------------------------------------------------------------
+# --- Redis: Celery broker and the cache (rendered similar-products widgets) --------------
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": os.environ.get("CACHE_URL", "redis://127.0.0.1:6379/1"),
+        "KEY_PREFIX": "shop",
+        # A cache that is down must not slow pages: visualsearch then renders uncached.
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+    }
+}
+
+# --- REST API and its OpenAPI schema (docs served from the sidecar, no CDN) ------------
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "visualsearch demo shop API",
+    "DESCRIPTION": "Similar products, search by photo and search by description.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- Celery (Redis broker) -------------------------------------------------------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
@@ -179,6 +206,13 @@ VISUALSEARCH = {
     "CACHE_DIR": os.environ.get(
         "VISUALSEARCH_CACHE_DIR", str(BASE_DIR / ".cache" / "visualsearch")
     ),
+    # Filters the API accepts (?category=tshirts&in_stock=true&max_price=40).
+    "FILTERS": {
+        "category": "category__slug",
+        "in_stock": "in_stock",
+        "min_price": "price__gte",
+        "max_price": "price__lte",
+    },
 }
 
 LOGGING = {

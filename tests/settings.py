@@ -11,6 +11,7 @@ from shop.settings import VISUALSEARCH  # noqa: E402
 from tests.services import session_broker_url, session_media_root, tiny_clip_dir  # noqa: E402
 
 CELERY_BROKER_URL = session_broker_url()
+CACHES["default"]["LOCATION"] = CELERY_BROKER_URL.rsplit("/", 1)[0] + "/1"  # noqa: F405
 MEDIA_ROOT = session_media_root()
 TINY_CLIP_DIR = tiny_clip_dir()
 

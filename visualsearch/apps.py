@@ -10,15 +10,24 @@ class VisualSearchConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.db.models.signals import post_init, post_save
+        from django.db.models.signals import post_delete, post_init, post_save
 
         from visualsearch import checks  # noqa: F401  (registers the checks)
-        from visualsearch.conf import get_image_model
-        from visualsearch.handlers import image_saved, remember_file
+        from visualsearch.conf import get_image_model, get_product_model
+        from visualsearch.handlers import image_saved, invalidate_renderings, remember_file
 
         try:
             model = get_image_model()
+            product_model = get_product_model()
         except ImproperlyConfigured:
             return  # reported by system check visualsearch.E005
         post_init.connect(remember_file, sender=model, dispatch_uid="visualsearch.remember_file")
         post_save.connect(image_saved, sender=model, dispatch_uid="visualsearch.image_saved")
+        # Cached widgets show images, names and prices: any change to either model drops them.
+        for sender in (model, product_model):
+            for signal, name in ((post_save, "save"), (post_delete, "delete")):
+                signal.connect(
+                    invalidate_renderings,
+                    sender=sender,
+                    dispatch_uid=f"visualsearch.invalidate.{name}.{sender._meta.label}",
+                )

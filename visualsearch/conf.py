@@ -43,6 +43,23 @@ DEFAULTS: dict[str, Any] = {
     "WARM_UP_WORKERS": True,
     # Celery queue for embedding tasks (None: the default queue).
     "QUEUE": None,
+    # Django cache alias for rendered widgets; seconds a similar-products widget is cached
+    # (0: never). Entries are dropped whenever embeddings or products change.
+    "CACHE_ALIAS": "default",
+    "WIDGET_CACHE_TIMEOUT": 3600,
+    # Product attributes shown in widgets and API results (None leaves one out).
+    "PRODUCT_NAME_FIELD": "name",
+    "PRODUCT_PRICE_FIELD": "price",
+    # Query parameters accepted as filters by the API: {param: product lookup}, for example
+    # {"category": "category__slug", "in_stock": "in_stock", "max_price": "price__lte"}.
+    "FILTERS": {},
+    # REST API (visualsearch.api): results per request, permissions and throttling.
+    "API_DEFAULT_LIMIT": 12,
+    "API_MAX_LIMIT": 50,
+    "API_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "API_THROTTLE_CLASSES": ["visualsearch.api.throttling.SearchRateThrottle"],
+    # Requests per client (user, else address) for the throttle above, DRF's "N/period" form.
+    "API_THROTTLE_RATE": "120/minute",
 }
 
 # Settings that hold dotted paths, resolved on access under the name with "_CLASS" appended.

@@ -105,6 +105,15 @@ class _Batch:
             enqueue(model, list(dict.fromkeys(pks)))
 
 
+def invalidate_renderings(sender: type, instance: Any, **kwargs: Any) -> None:
+    """``post_save``/``post_delete`` of images and products: drop cached widgets on commit."""
+    from visualsearch import cache
+
+    if kwargs.get("raw"):
+        return
+    cache.invalidate(using=kwargs.get("using"))
+
+
 def _file_name(instance: Any) -> str | None:
     """The image file's name, or None when the field was deferred (unknown without a query)."""
     field = visualsearch_settings.IMAGE_FIELD

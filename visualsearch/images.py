@@ -57,6 +57,45 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     return to_rgb(image)
 
 
+#: Smallest crop side in pixels: anything smaller carries too little to search with.
+MIN_CROP_SIDE = 8
+
+
+def crop_image(image: Image.Image, box: tuple[int, int, int, int] | None) -> Image.Image:
+    """Cut ``box`` = ``(x, y, width, height)`` in pixels of the (EXIF-rotated) image.
+
+    ``None`` returns the image unchanged; a box that is too small or reaches outside the
+    image raises ``InvalidImage`` saying which.
+    """
+    if box is None:
+        return image
+    x, y, width, height = (int(value) for value in box)
+    if width < MIN_CROP_SIDE or height < MIN_CROP_SIDE:
+        raise InvalidImage(
+            f"The crop box is {width}x{height} pixels; each side must be at least {MIN_CROP_SIDE}."
+        )
+    if x < 0 or y < 0 or x + width > image.width or y + height > image.height:
+        raise InvalidImage(
+            f"The crop box (x={x}, y={y}, width={width}, height={height}) reaches outside the "
+            f"{image.width}x{image.height} image."
+        )
+    return image.crop((x, y, x + width, y + height))
+
+
+def open_query_image(
+    upload: bytes | BinaryIO,
+    *,
+    crop: tuple[int, int, int, int] | None = None,
+    max_bytes: int,
+    max_pixels: int,
+) -> Image.Image:
+    """A search upload (bytes or a file) as an RGB image, cropped to ``crop`` if given."""
+    data = upload if isinstance(upload, bytes) else read_limited(upload, max_bytes)
+    if len(data) > max_bytes:
+        raise InvalidImage(f"The file is larger than the {max_bytes // (1024 * 1024)} MB limit.")
+    return crop_image(decode_image(data, max_pixels=max_pixels), crop)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to RGB, compositing transparency onto a white background."""
     if image.mode == "RGB":

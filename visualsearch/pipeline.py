@@ -16,6 +16,7 @@ import numpy as np
 from django.db import transaction
 from django.utils import timezone
 
+from visualsearch import cache
 from visualsearch.conf import get_image_model, visualsearch_settings
 from visualsearch.encoders import get_encoder
 from visualsearch.images import InvalidImage, decode_image, read_limited
@@ -33,6 +34,12 @@ class EmbedResult:
     skipped: list = field(default_factory=list)
     failed: dict = field(default_factory=dict)
     missing: list = field(default_factory=list)
+    restored: list = field(default_factory=list)  # unchanged rows set back to ready
+
+    @property
+    def changed(self) -> bool:
+        """Whether any row's status or vector changed (so query results may have)."""
+        return bool(self.ready or self.reused or self.failed or self.restored)
 
     def __str__(self) -> str:
         return (
@@ -88,6 +95,7 @@ def embed_images(pks: Iterable, *, model: type | None = None, force: bool = Fals
         if unchanged and not force:
             if row.embedding_status != EmbeddingStatus.READY:
                 _write(model, row.pk, fieldfile.name, row.embedding, digest, encoder.model_id)
+                result.restored.append(row.pk)
             result.skipped.append(row.pk)
             continue
         if row.embedding_hash == digest and row.embedding is not None and not force:
@@ -123,6 +131,8 @@ def embed_images(pks: Iterable, *, model: type | None = None, force: bool = Fals
             for row, name, digest, _image in work:
                 if _write(model, row.pk, name, vectors[unique[digest]], digest, encoder.model_id):
                     result.ready.append(row.pk)
+    if result.changed:
+        cache.invalidate()
     logger.debug("visualsearch: %s (%s)", result, encoder.model_id)
     return result
 
@@ -169,11 +179,13 @@ def _mark_failed(model: type, pk, name: str, reason: str, result: EmbedResult) -
 def mark_failed(model: type, pks: Iterable, reason: str) -> int:
     """Record ``reason`` on rows whose embedding cannot be stored; returns how many."""
     logger.error("visualsearch: images %s failed: %s", list(pks), reason)
-    return model._base_manager.filter(pk__in=list(pks)).update(
+    count = model._base_manager.filter(pk__in=list(pks)).update(
         embedding_status=EmbeddingStatus.FAILED,
         embedding_error=reason,
         embedding_updated_at=timezone.now(),
     )
+    cache.invalidate()
+    return count
 
 
 def mark_stale(model: type | None = None) -> int:
@@ -183,8 +195,11 @@ def mark_stale(model: type | None = None) -> int:
     results until the background re-embedding reaches them.
     """
     model = model or get_image_model()
-    return (
+    count = (
         model._base_manager.filter(embedding_status=EmbeddingStatus.READY)
         .exclude(embedding_model=get_encoder().model_id)
         .update(embedding_status=EmbeddingStatus.STALE, embedding_updated_at=timezone.now())
     )
+    if count:
+        cache.invalidate()
+    return count

@@ -19,11 +19,12 @@ from PIL import Image
 from visualsearch.conf import get_image_model, get_product_model, visualsearch_settings
 from visualsearch.encoders import TextEncodingNotSupported, get_encoder
 from visualsearch.encoders.base import l2_normalize
-from visualsearch.images import decode_image, read_limited
+from visualsearch.images import open_query_image
 
 __all__ = [
     "TextEncodingNotSupported",
     "nearest_products",
+    "search",
     "search_by_image",
     "search_by_text",
     "similar_products",
@@ -63,15 +64,7 @@ def search_by_image(
 
     Undecodable data raises ``visualsearch.images.InvalidImage`` with a reason for the user.
     """
-    if not isinstance(image, Image.Image):
-        data = (
-            image
-            if isinstance(image, bytes)
-            else read_limited(image, visualsearch_settings.MAX_IMAGE_BYTES)
-        )
-        image = decode_image(data, max_pixels=visualsearch_settings.MAX_IMAGE_PIXELS)
-    vector = get_encoder().encode_images([image])[0]
-    return nearest_products(vector, k, queryset=queryset, **filters)
+    return search(image=image, k=k, queryset=queryset, **filters)
 
 
 def search_by_text(text: str, k: int = 8, *, queryset: Any = None, **filters: Any) -> list:
@@ -80,14 +73,43 @@ def search_by_text(text: str, k: int = 8, *, queryset: Any = None, **filters: An
     Raises ``TextEncodingNotSupported`` when the configured encoder has no text tower, and
     ``ValueError`` for an empty query.
     """
-    text = (text or "").strip()
-    if not text:
+    if not (text or "").strip():
         raise ValueError("The search text is empty.")
+    return search(text=text, k=k, queryset=queryset, **filters)
+
+
+def search(
+    image: Image.Image | bytes | BinaryIO | None = None,
+    text: str | None = None,
+    k: int = 8,
+    *,
+    queryset: Any = None,
+    **filters: Any,
+) -> list:
+    """Products matching a photo, a description, or both (their vectors averaged).
+
+    Needs at least one of the two; ``TextEncodingNotSupported`` when ``text`` is given and
+    the encoder has no text tower.
+    """
+    text = (text or "").strip()
+    if image is None and not text:
+        raise ValueError("Give a photo or a description to search with.")
     encoder = get_encoder()
-    if not encoder.supports_text:
-        encoder.encode_texts([text])  # raises TextEncodingNotSupported with the reason
-    vector = encoder.encode_texts([text])[0]
-    return nearest_products(vector, k, queryset=queryset, **filters)
+    vectors = []
+    if text:
+        if not encoder.supports_text:
+            encoder.encode_texts([text])  # raises TextEncodingNotSupported with the reason
+        vectors.append(encoder.encode_texts([text])[0])
+    if image is not None:
+        if not isinstance(image, Image.Image):
+            image = open_query_image(
+                image,
+                max_bytes=visualsearch_settings.MAX_IMAGE_BYTES,
+                max_pixels=visualsearch_settings.MAX_IMAGE_PIXELS,
+            )
+        vectors.append(encoder.encode_images([image])[0])
+    query = l2_normalize(np.sum(np.stack(vectors), axis=0, keepdims=True))[0]
+    return nearest_products(query, k, queryset=queryset, **filters)
 
 
 def nearest_products(

@@ -1,0 +1,1 @@
+"""REST API for similar products and image/text search (Django REST framework)."""
