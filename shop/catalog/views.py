@@ -1,12 +1,19 @@
+import base64
+import io
+
+from django import forms
 from django.core.paginator import Paginator
-from django.db.models import Prefetch
+from django.db.models import Prefetch, Q
 from django.shortcuts import get_object_or_404, render
 
-from visualsearch.query import similar_products
+from visualsearch.encoders import get_encoder
+from visualsearch.forms import ImageSearchForm
+from visualsearch.query import search
 
 from .models import Category, Product, ProductImage
 
 PER_PAGE = 24
+SEARCH_RESULTS = 24
 
 
 def _with_images(queryset):
@@ -27,11 +34,76 @@ def product_list(request):
     return render(
         request,
         "catalog/product_list.html",
-        {"page": page, "category": category, "categories": Category.objects.all()},
+        {
+            "page": page,
+            "page_range": page.paginator.get_elided_page_range(page.number, on_each_side=2),
+            "category": category,
+            "categories": Category.objects.all(),
+        },
     )
 
 
 def product_detail(request, slug):
     product = get_object_or_404(_with_images(Product.objects.all()), slug=slug)
-    similar = similar_products(product, k=8, queryset=_with_images(Product.objects.all()))
-    return render(request, "catalog/product_detail.html", {"product": product, "similar": similar})
+    return render(request, "catalog/product_detail.html", {"product": product})
+
+
+class ShopSearchForm(ImageSearchForm):
+    category = forms.ModelChoiceField(
+        Category.objects.all(),
+        to_field_name="slug",
+        required=False,
+        empty_label="All categories",
+    )
+
+
+def search_page(request):
+    """Search by photo (POST, optionally cropped) and/or description (GET ``?q=`` or POST)."""
+    bound = request.method == "POST" or "q" in request.GET
+    data = request.POST if request.method == "POST" else request.GET
+    form = ShopSearchForm(data, request.FILES) if bound else ShopSearchForm()
+    context = {"form": form, "results": None, "notice": "", "query_thumbnail": None}
+    if bound and form.is_valid():
+        picture, text = form.cleaned_data["picture"], form.cleaned_data["q"]
+        filters = {}
+        if form.cleaned_data["category"]:
+            filters["category"] = form.cleaned_data["category"]
+        if text and not get_encoder().supports_text:
+            # No text tower (the offline encoder): the words narrow the products by name.
+            matches = _keyword_matches(text)
+            filters["pk__in"] = matches.values("pk")
+            context["notice"] = (
+                "This shop's image model cannot read descriptions, so the words were matched "
+                "against product names and descriptions."
+            )
+            text = ""
+            if picture is None:
+                context["results"] = list(_with_images(matches.filter(**filters))[:SEARCH_RESULTS])
+        if context["results"] is None:
+            context["results"] = search(
+                image=picture,
+                text=text,
+                k=SEARCH_RESULTS,
+                queryset=_with_images(Product.objects.all()),
+                **filters,
+            )
+        if picture is not None:
+            context["query_thumbnail"] = _thumbnail_data_url(picture)
+    status = 400 if bound and form.errors else 200
+    return render(request, "catalog/search.html", context, status=status)
+
+
+def _keyword_matches(text):
+    condition = Q()
+    for word in text.split()[:10]:
+        condition &= Q(name__icontains=word) | Q(description__icontains=word)
+    return Product.objects.filter(condition)
+
+
+def _thumbnail_data_url(picture, size=160):
+    """The photo searched with, small, inline: shown above the results (nothing is stored)."""
+    thumbnail = picture.copy()
+    thumbnail.thumbnail((size, size))
+    out = io.BytesIO()
+    thumbnail.save(out, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()

@@ -1,0 +1,16 @@
+"""Encoders for tests: real encoders with one capability taken away (no mocks)."""
+
+from visualsearch.encoders.base import BaseEncoder
+from visualsearch.encoders.clip import CLIPEncoder
+
+
+class ImageOnlyCLIPEncoder(CLIPEncoder):
+    """The tiny CLIP without its text tower: behaves like an image-only encoder."""
+
+    supports_text = False
+    encode_texts = BaseEncoder.encode_texts
+
+
+def image_only_settings(settings_visualsearch: dict) -> dict:
+    """``VISUALSEARCH`` with the image-only encoder swapped in (same vectors, same model id)."""
+    return {**settings_visualsearch, "ENCODER": "tests.encoders.ImageOnlyCLIPEncoder"}
