@@ -96,9 +96,9 @@ def test_bad_batch_size():
         run("visualsearch_reindex", "--batch-size", "0")
 
 
-def test_status_counts_by_status_and_model(make_product):
+def test_status_counts_by_status_and_model(make_product, broker):
     make_product(images=2)
-    make_product(image_bytes=b"junk")
+    broken = make_product(image_bytes=b"junk")
     run("visualsearch_reindex", "--no-progress")
     make_product()
     out, _ = run("visualsearch_status")
@@ -109,6 +109,11 @@ def test_status_counts_by_status_and_model(make_product):
     assert lines["pending"].split()[1] == "1"
     assert lines["total"].split()[1] == "4"
     assert EmbeddingStatus.STALE not in lines
+    assert lines["backlog"].split()[1] == "0" and "queue 'celery'" in lines["backlog"]
+    assert "Recent failures:" in out
+    assert f"image {broken.images.get().pk} (" in out and "not an image format" in out
+    out, _ = run("visualsearch_status", "--no-backlog", "--failures", "0")
+    assert "backlog" not in out and "Recent failures" not in out
 
 
 @pytest.mark.django_db(transaction=True)

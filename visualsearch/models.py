@@ -124,3 +124,20 @@ class EmbeddedImage(models.Model):
             ),
             models.Index(fields=["embedding_status", "embedding_model"], name="%(class)s_vs_st"),
         ]
+
+
+class VisualSearch(models.Model):
+    """No table: gives the admin's status overview and search-by-image views a place.
+
+    A reusable app cannot ask for a custom ``AdminSite``; registering this model puts
+    "Visual search overview" on the admin index, guarded by its ``view`` permission.
+    """
+
+    class Meta:
+        managed = False
+        default_permissions = ("view",)
+        verbose_name = "Visual search overview"
+        verbose_name_plural = "Visual search overview"
+
+    def __str__(self) -> str:
+        return str(self._meta.verbose_name)

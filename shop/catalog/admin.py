@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from visualsearch.admin import EmbeddedImageAdminMixin
+from visualsearch.admin import EmbeddedImageAdminMixin, SimilarProductsAdminMixin
 
 from .models import Category, Product, ProductImage
 
@@ -8,7 +8,13 @@ from .models import Category, Product, ProductImage
 class ProductImageInline(EmbeddedImageAdminMixin, admin.TabularInline):
     model = ProductImage
     extra = 1
-    fields = ("image", "position", "alt_text", "embedding_status", "embedded_at")
+    fields = (
+        "embedding_thumbnail",
+        "image",
+        "position",
+        "alt_text",
+        "embedding_status_badge",
+    )
 
 
 @admin.register(Category)
@@ -19,7 +25,7 @@ class CategoryAdmin(admin.ModelAdmin):
 
 
 @admin.register(Product)
-class ProductAdmin(admin.ModelAdmin):
+class ProductAdmin(SimilarProductsAdminMixin, admin.ModelAdmin):
     list_display = ("name", "category", "price", "in_stock", "external_id")
     list_filter = ("category", "in_stock")
     search_fields = ("name", "external_id")
@@ -29,7 +35,14 @@ class ProductAdmin(admin.ModelAdmin):
 
 @admin.register(ProductImage)
 class ProductImageAdmin(EmbeddedImageAdminMixin, admin.ModelAdmin):
-    list_display = ("__str__", "product", *EmbeddedImageAdminMixin.embedding_list_display)
+    list_display = (
+        "embedding_thumbnail",
+        "__str__",
+        "embedding_status_badge",
+        "embedding_model",
+        "embedded_at",
+    )
+    list_display_links = ("embedding_thumbnail", "__str__")
     list_select_related = ("product",)
     raw_id_fields = ("product",)
     search_fields = ("product__name",)
