@@ -5,8 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Debian's Chromium and its WebDriver, which the browser tests drive (tests/browser.py).
+BROWSER_PACKAGES := chromium chromium-driver fonts-liberation
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
-.PHONY: demo test install lint worker clean-db
+.PHONY: demo test install browsers lint worker clean-db
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +20,18 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: $(VENV)/.installed
+# Installs the browsers only when one is missing; `apt-get update` only if a first try fails.
+# Without apt-get (not Debian) it says so and the browser tests skip (they fail when CI is set).
+browsers:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif ! command -v apt-get >/dev/null; then \
+		echo "make browsers: no apt-get; install chromium and chromedriver under /usr/bin yourself"; \
+	else \
+		$(APT_INSTALL) $(BROWSER_PACKAGES) \
+		|| { $(SUDO) apt-get update && $(APT_INSTALL) $(BROWSER_PACKAGES); }; \
+	fi
+
+test: $(VENV)/.installed browsers
 	$(VENV)/bin/pytest
 
 lint: $(VENV)/.installed

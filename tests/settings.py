@@ -13,6 +13,8 @@ from tests.services import session_broker_url, session_media_root, tiny_clip_dir
 CELERY_BROKER_URL = session_broker_url()
 CACHES["default"]["LOCATION"] = CELERY_BROKER_URL.rsplit("/", 1)[0] + "/1"  # noqa: F405
 MEDIA_ROOT = session_media_root()
+# The live server of the browser tests serves uploads itself, whatever DJANGO_DEBUG says.
+SERVE_MEDIA = True
 TINY_CLIP_DIR = tiny_clip_dir()
 
 VISUALSEARCH = {
