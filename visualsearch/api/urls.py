@@ -1,4 +1,12 @@
 """Mount with ``path("api/", include("visualsearch.api.urls"))``."""
 
+from django.urls import path
+
+from visualsearch.api import views
+
 app_name = "visualsearch-api"
-urlpatterns: list = []
+urlpatterns = [
+    path("products/<pk>/similar/", views.SimilarProductsView.as_view(), name="similar-products"),
+    path("search/image/", views.ImageSearchView.as_view(), name="search-image"),
+    path("search/text/", views.TextSearchView.as_view(), name="search-text"),
+]

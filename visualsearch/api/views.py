@@ -1,0 +1,266 @@
+"""API views: similar products, search by photo, search by description.
+
+Permission and throttle classes come from ``API_PERMISSION_CLASSES`` and
+``API_THROTTLE_CLASSES``, read on every request. Every input problem answers 400 with a
+message naming the parameter; an unknown product answers 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import (
+    ImproperlyConfigured,
+    RequestDataTooBig,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+    ValidationError,
+)
+from django.core.files.uploadhandler import FileUploadHandler, SkipFile
+from django.db.models import QuerySet
+from django.template.defaultfilters import filesizeformat
+from django.utils.module_loading import import_string
+from drf_spectacular.utils import extend_schema
+from PIL import Image
+from rest_framework import exceptions, status
+from rest_framework.parsers import MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.serializers import Serializer
+from rest_framework.settings import api_settings
+from rest_framework.views import APIView
+
+from visualsearch.api.schema import (
+    ERROR_RESPONSES,
+    NOT_FOUND,
+    UNSUPPORTED_MEDIA_TYPE,
+    VALIDATION_ERROR,
+)
+from visualsearch.api.serializers import (
+    ImageSearchSerializer,
+    SearchParamsSerializer,
+    SearchResultsSerializer,
+    TextSearchSerializer,
+)
+from visualsearch.conf import get_product_model, visualsearch_settings
+from visualsearch.display import attach_thumbnails
+from visualsearch.encoders import TextEncodingNotSupported
+from visualsearch.images import InvalidImage, crop_image, open_query_image
+from visualsearch.query import search, search_by_text, similar_products
+
+#: Query photos are shrunk to this longest side, and long thin ones padded to at most this
+#: aspect ratio, before encoding: the encoders work at a few hundred pixels, and a 40,000 x 1
+#: photo would otherwise blow up to gigabytes in their own resize (CLIP) or padding.
+MAX_QUERY_SIDE = 1024
+MAX_QUERY_ASPECT = 4
+
+
+class TextSearchUnavailable(exceptions.APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_detail = "Search by text is not available with this encoder."
+    default_code = "text_search_unavailable"
+
+
+class VisualSearchAPIView(APIView):
+    """Base view: settings-driven permissions and throttles, JSON 400s for oversized bodies."""
+
+    def get_permissions(self) -> list:
+        return [cls() for cls in _classes("API_PERMISSION_CLASSES")]
+
+    def get_throttles(self) -> list:
+        return [cls() for cls in _classes("API_THROTTLE_CLASSES")]
+
+    def get_queryset(self) -> QuerySet:
+        """Products that may be shown (and looked up); override to hide unpublished ones."""
+        return get_product_model()._default_manager.all()
+
+    def handle_exception(self, exc: Exception) -> Response:
+        # Django refuses these bodies while parsing; they are the client's fault, not a 500.
+        if isinstance(exc, RequestDataTooBig):
+            limit = _size(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+            exc = exceptions.ParseError(
+                f"The request is too large: its form fields other than files may hold at most "
+                f"{limit} together."
+            )
+        elif isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+            exc = exceptions.ParseError("The request has too many form fields or files.")
+        return super().handle_exception(exc)
+
+    def validated(self, serializer_class: type[Serializer], data: Any) -> dict[str, Any]:
+        serializer = serializer_class(data=data, context={"request": self.request})
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+    def respond(self, products: list) -> Response:
+        products = attach_thumbnails(products)
+        serializer = SearchResultsSerializer(
+            {"count": len(products), "results": products}, context={"request": self.request}
+        )
+        return Response(serializer.data)
+
+
+class SimilarProductsView(VisualSearchAPIView):
+    @extend_schema(
+        operation_id="visualsearch_similar_products",
+        summary="Products that look like a product",
+        description=(
+            "The products whose images are nearest to this product's images (the product "
+            "itself excluded), best first. An empty list while the product has no embedding."
+        ),
+        parameters=[SearchParamsSerializer],
+        responses={
+            200: SearchResultsSerializer,
+            400: VALIDATION_ERROR,
+            404: NOT_FOUND,
+            **ERROR_RESPONSES,
+        },
+        tags=["visualsearch"],
+    )
+    def get(self, request: Request, pk: str) -> Response:
+        product = self.get_product(pk)
+        params = self.validated(SearchParamsSerializer, request.query_params)
+        products = similar_products(
+            product, params["limit"], queryset=self.get_queryset(), **params["filters"]
+        )
+        return self.respond(products)
+
+    def get_product(self, pk: str) -> Any:
+        queryset = self.get_queryset()
+        if "\x00" not in pk:  # Postgres cannot even compare such a string
+            try:
+                return queryset.get(pk=queryset.model._meta.pk.to_python(pk))
+            except (ValidationError, queryset.model.DoesNotExist):
+                pass
+        raise exceptions.NotFound(f"There is no product with id {pk[:100]!r}.")
+
+
+class TextSearchView(VisualSearchAPIView):
+    @extend_schema(
+        operation_id="visualsearch_search_text",
+        summary="Search products by description",
+        description=(
+            "Products whose images match the description, best first. Needs an encoder with a "
+            "text tower (CLIP); with an image-only encoder the answer is a 400 saying so."
+        ),
+        parameters=[TextSearchSerializer],
+        responses={200: SearchResultsSerializer, 400: VALIDATION_ERROR, **ERROR_RESPONSES},
+        tags=["visualsearch"],
+    )
+    def get(self, request: Request) -> Response:
+        params = self.validated(TextSearchSerializer, request.query_params)
+        try:
+            products = search_by_text(
+                params["q"], params["limit"], queryset=self.get_queryset(), **params["filters"]
+            )
+        except TextEncodingNotSupported as exc:
+            raise TextSearchUnavailable(f"Search by text is not available here: {exc}") from None
+        return self.respond(products)
+
+
+class ImageSearchView(VisualSearchAPIView):
+    parser_classes = [MultiPartParser]
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        # Before anything reads the body (session authentication's CSRF check may).
+        self.upload_limit = UploadSizeLimit(int(visualsearch_settings.MAX_IMAGE_BYTES))
+        request.upload_handlers.insert(0, self.upload_limit)
+        super().initial(request, *args, **kwargs)
+
+    @extend_schema(
+        operation_id="visualsearch_search_image",
+        summary="Search products by photo",
+        description=(
+            "Products whose images look most like the uploaded photo, best first. Optionally "
+            "searches only a box of the photo: `crop_x`, `crop_y`, `crop_width` and "
+            "`crop_height` in pixels of the upright (EXIF-rotated) photo, all four or none. "
+            "`limit` and the filters are form fields too."
+        ),
+        request={"multipart/form-data": ImageSearchSerializer},
+        responses={
+            200: SearchResultsSerializer,
+            400: VALIDATION_ERROR,
+            415: UNSUPPORTED_MEDIA_TYPE,
+            **ERROR_RESPONSES,
+        },
+        tags=["visualsearch"],
+    )
+    def post(self, request: Request) -> Response:
+        data = request.data
+        if self.upload_limit.too_large:
+            limit = _size(self.upload_limit.max_bytes)
+            message = f"The file is larger than the {limit} limit."
+            raise exceptions.ValidationError(
+                {name: [message] for name in sorted(self.upload_limit.too_large)}
+            )
+        params = self.validated(ImageSearchSerializer, data)
+        image = self.open_image(params["image"], params["crop"])
+        products = search(
+            image=image, k=params["limit"], queryset=self.get_queryset(), **params["filters"]
+        )
+        return self.respond(products)
+
+    def open_image(self, upload: Any, crop: tuple[int, int, int, int] | None) -> Image.Image:
+        """Decode, crop and shrink the upload; ``ValidationError`` saying what is wrong."""
+        try:
+            image = open_query_image(
+                upload,
+                max_bytes=int(visualsearch_settings.MAX_IMAGE_BYTES),
+                max_pixels=int(visualsearch_settings.MAX_IMAGE_PIXELS),
+            )
+        except InvalidImage as exc:
+            raise exceptions.ValidationError({"image": [str(exc)]}) from None
+        try:
+            image = crop_image(image, crop)
+        except InvalidImage as exc:
+            raise exceptions.ValidationError(
+                {api_settings.NON_FIELD_ERRORS_KEY: [str(exc)]}
+            ) from None
+        return fit_for_encoder(image)
+
+
+def fit_for_encoder(image: Image.Image) -> Image.Image:
+    """``image`` shrunk to ``MAX_QUERY_SIDE`` and padded with white to ``MAX_QUERY_ASPECT``."""
+    image.thumbnail((MAX_QUERY_SIDE, MAX_QUERY_SIDE))
+    width, height = image.size
+    short = max(width, height) // MAX_QUERY_ASPECT
+    if min(width, height) >= short:
+        return image
+    canvas = Image.new("RGB", (max(width, short), max(height, short)), "white")
+    canvas.paste(image, ((canvas.width - width) // 2, (canvas.height - height) // 2))
+    return canvas
+
+
+class UploadSizeLimit(FileUploadHandler):
+    """Stops keeping an uploaded file once it passes ``max_bytes``; the rest is read and dropped.
+
+    Without it Django writes an upload of any size to a temporary file before the view runs.
+    """
+
+    def __init__(self, max_bytes: int, request: Any = None) -> None:
+        super().__init__(request)
+        self.max_bytes = max_bytes
+        self.too_large: set[str] = set()
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
+        if start + len(raw_data) > self.max_bytes:
+            self.too_large.add(self.field_name)
+            raise SkipFile
+        return raw_data
+
+    def file_complete(self, file_size: int) -> None:
+        return None
+
+
+def _classes(key: str) -> list[type]:
+    paths = getattr(visualsearch_settings, key)
+    if isinstance(paths, str) or not isinstance(paths, list | tuple):
+        raise ImproperlyConfigured(f"VISUALSEARCH[{key!r}] must be a list of dotted paths.")
+    try:
+        return [import_string(path) if isinstance(path, str) else path for path in paths]
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"VISUALSEARCH[{key!r}]: {exc}") from exc
+
+
+def _size(count: int) -> str:
+    return filesizeformat(count).replace("\xa0", " ")
