@@ -44,7 +44,7 @@ def render_widget(product, arguments="limit=8"):
 
 
 def cards(html):
-    return re.findall(r'<li class="vs-card">', html)
+    return re.findall(r'<li class="vs-card', html)
 
 
 def test_widget_renders_similar_products_with_links_thumbnails_and_prices(catalog):
@@ -55,6 +55,14 @@ def test_widget_renders_similar_products_with_links_thumbnails_and_prices(catalo
     assert html.count('<img src="/media/') == 5
     assert html.count("19.90") == 5
     assert "Similar products" in html
+
+
+def test_app_default_widget_template_without_project_override(catalog):
+    templates = [{**settings.TEMPLATES[0], "DIRS": []}]  # only the apps' templates
+    with override_settings(TEMPLATES=templates):
+        html = render_widget(catalog[0], "limit=3")
+    assert len(cards(html)) == 3
+    assert "€" not in html and html.count('class="vs-price">19.90<') == 3
 
 
 def test_widget_renders_nothing_without_embedding(make_product, catalog):

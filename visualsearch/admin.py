@@ -8,28 +8,20 @@ default admin site, so that they appear on the admin index for staff with its vi
 
 from __future__ import annotations
 
-import base64
-import io
 from typing import Any
 
-from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
-from django.core.exceptions import PermissionDenied
 from django.db.models import Count
-from django.http import HttpRequest, HttpResponse
-from django.template.defaultfilters import filesizeformat
+from django.http import HttpRequest
 from django.template.loader import render_to_string
-from django.template.response import TemplateResponse
-from django.urls import NoReverseMatch, path, reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.html import format_html
-from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 
 from visualsearch import cache
-from visualsearch.conf import get_image_model, get_product_model, visualsearch_settings
-from visualsearch.images import InvalidImage
+from visualsearch.conf import get_image_model, visualsearch_settings
 from visualsearch.models import EmbeddingQuerySet, EmbeddingStatus, VisualSearch
 
 EMBEDDING_READONLY_FIELDS = (
@@ -234,184 +226,6 @@ def _image_statuses(product: Any) -> dict[str, Any]:
     }
 
 
-class SearchByImageForm(forms.Form):
-    """A photo to search with; decoded and checked in :meth:`clean_image`."""
-
-    image = forms.FileField(
-        label="Photo",
-        help_text="JPEG, PNG, WebP or another common format.",
-        widget=forms.ClearableFileInput(attrs={"accept": "image/*"}),
-    )
-    limit = forms.IntegerField(label="Results", min_value=1, max_value=50, initial=12)
-
-    def clean_image(self) -> Any:
-        from visualsearch.images import open_query_image
-
-        upload = self.cleaned_data["image"]
-        max_bytes = visualsearch_settings.MAX_IMAGE_BYTES
-        if upload.size is not None and upload.size > max_bytes:
-            raise forms.ValidationError(
-                f"The file is larger than the {filesizeformat(max_bytes)} limit."
-            )
-        try:
-            return open_query_image(
-                upload, max_bytes=max_bytes, max_pixels=visualsearch_settings.MAX_IMAGE_PIXELS
-            )
-        except InvalidImage as exc:
-            raise forms.ValidationError(str(exc)) from None
-
-
-class VisualSearchAdmin(admin.ModelAdmin):
-    """The status overview (the model's changelist) and the search-by-image view.
-
-    URL names: ``admin:visualsearch_overview`` and ``admin:visualsearch_search``.
-    """
-
-    overview_template = "admin/visualsearch/overview.html"
-    search_template = "admin/visualsearch/search.html"
-    recent_failures = 5
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def get_urls(self) -> list:
-        info = self.opts.app_label, self.opts.model_name
-        overview = self.admin_site.admin_view(self.overview_view)
-        return [
-            path("", overview, name="visualsearch_overview"),
-            path(
-                "search/", self.admin_site.admin_view(self.search_view), name="visualsearch_search"
-            ),
-            path("", overview, name="{}_{}_changelist".format(*info)),  # the admin index link
-        ]
-
-    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
-        return self.overview_view(request)
-
-    def _context(self, request: HttpRequest, title: str) -> dict[str, Any]:
-        if not self.has_view_permission(request):
-            raise PermissionDenied
-        request.current_app = self.admin_site.name
-        image_model = get_image_model()
-        images_url = None
-        if can_view(self.admin_site, request, image_model):
-            images_url = admin_url(self.admin_site, image_model, "changelist")
-        return {
-            **self.admin_site.each_context(request),
-            "title": title,
-            "opts": self.opts,
-            "app_label": self.opts.app_label,
-            "images_url": images_url,
-            "image_opts": image_model._meta,
-            "overview_url": reverse(f"{self.admin_site.name}:visualsearch_overview"),
-            "search_url": reverse(f"{self.admin_site.name}:visualsearch_search"),
-        }
-
-    def overview_view(self, request: HttpRequest) -> HttpResponse:
-        """Counts by status and encoder model, recent failures, the queue backlog."""
-        from visualsearch.status import embedding_report, queue_backlog, queue_name
-
-        context = self._context(request, "Visual search overview")
-        report = embedding_report(failures=self.recent_failures)
-        images_url = context["images_url"]
-
-        def filtered(lookup: str, value: str) -> str | None:
-            return f"{images_url}?{urlencode({lookup: value})}" if images_url and value else None
-
-        try:
-            queue = queue_name()
-        except Exception:  # no Celery app configured: the backlog is unknown
-            queue = None
-        context.update(
-            report=report,
-            statuses=[
-                {
-                    "status": status.value,
-                    "label": status.label,
-                    "badge": status_badge(status),
-                    "count": report.by_status.get(status.value, 0),
-                    "url": filtered("embedding_status__exact", status.value),
-                }
-                for status in EmbeddingStatus
-            ],
-            status_labels=[status.label for status in EmbeddingStatus],
-            models=[
-                {
-                    "entry": entry,
-                    "counts": [entry.counts.get(status.value, 0) for status in EmbeddingStatus],
-                    "url": filtered("embedding_model", entry.model_id),
-                }
-                for entry in report.by_model
-            ],
-            failures=[
-                {
-                    "row": row,
-                    "product": getattr(row, visualsearch_settings.PRODUCT_FIELD),
-                    "url": images_url and admin_url(self.admin_site, type(row), "change", row.pk),
-                }
-                for row in report.failures
-            ],
-            failed_count=report.by_status.get(EmbeddingStatus.FAILED, 0),
-            failed_url=filtered("embedding_status__exact", EmbeddingStatus.FAILED),
-            queue=queue,
-            backlog=queue_backlog(queue) if queue else None,
-            batch_size=visualsearch_settings.BATCH_SIZE,
-        )
-        return TemplateResponse(request, self.overview_template, context)
-
-    def search_view(self, request: HttpRequest) -> HttpResponse:
-        """Upload a photo, see the products that look most like it."""
-        context = self._context(request, "Search by image")
-        results, preview = None, None
-        if request.method == "POST":
-            form = SearchByImageForm(request.POST, request.FILES)
-            if form.is_valid():
-                results = self._search(request, form.cleaned_data)
-                preview = _preview(form.cleaned_data["image"])
-        else:
-            form = SearchByImageForm()
-        context.update(form=form, results=results, preview=preview)
-        return TemplateResponse(request, self.search_template, context)
-
-    def _search(self, request: HttpRequest, data: dict[str, Any]) -> list[dict[str, Any]]:
-        from visualsearch.display import (
-            attach_thumbnails,
-            product_name,
-            product_price,
-            product_url,
-            thumbnail_url,
-        )
-        from visualsearch.query import search
-
-        products = attach_thumbnails(search(image=data["image"], k=data["limit"]))
-        linked = can_view(self.admin_site, request, get_product_model())
-        return [
-            {
-                "product": product,
-                "name": product_name(product),
-                "price": product_price(product),
-                "similarity": product.similarity,
-                "thumbnail": thumbnail_url(product),
-                "url": linked and admin_url(self.admin_site, type(product), "change", product.pk),
-                "site_url": product_url(product),
-            }
-            for product in products
-        ]
-
-
-def _preview(image: Any, side: int = 240) -> str:
-    """A small JPEG of the uploaded photo as a ``data:`` URL (nothing is stored)."""
-    preview = image.copy()
-    preview.thumbnail((side, side))
-    out = io.BytesIO()
-    preview.save(out, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
-
+from visualsearch.dashboard import VisualSearchAdmin  # noqa: E402  (uses the helpers above)
 
 admin.site.register(VisualSearch, VisualSearchAdmin)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import warnings
 from typing import BinaryIO
@@ -94,6 +95,15 @@ def open_query_image(
     if len(data) > max_bytes:
         raise InvalidImage(f"The file is larger than the {max_bytes // (1024 * 1024)} MB limit.")
     return crop_image(decode_image(data, max_pixels=max_pixels), crop)
+
+
+def preview_data_url(image: Image.Image, side: int = 240) -> str:
+    """A small JPEG of ``image`` as a ``data:`` URL, to show a searched photo without storing it."""
+    preview = image.copy()
+    preview.thumbnail((side, side))
+    out = io.BytesIO()
+    preview.save(out, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -1,6 +1,3 @@
-import base64
-import io
-
 from django import forms
 from django.core.paginator import Paginator
 from django.db.models import Prefetch, Q
@@ -8,6 +5,7 @@ from django.shortcuts import get_object_or_404, render
 
 from visualsearch.encoders import get_encoder
 from visualsearch.forms import ImageSearchForm
+from visualsearch.images import preview_data_url
 from visualsearch.query import search
 
 from .models import Category, Product, ProductImage
@@ -88,7 +86,7 @@ def search_page(request):
                 **filters,
             )
         if picture is not None:
-            context["query_thumbnail"] = _thumbnail_data_url(picture)
+            context["query_thumbnail"] = preview_data_url(picture, side=160)
     status = 400 if bound and form.errors else 200
     return render(request, "catalog/search.html", context, status=status)
 
@@ -98,12 +96,3 @@ def _keyword_matches(text):
     for word in text.split()[:10]:
         condition &= Q(name__icontains=word) | Q(description__icontains=word)
     return Product.objects.filter(condition)
-
-
-def _thumbnail_data_url(picture, size=160):
-    """The photo searched with, small, inline: shown above the results (nothing is stored)."""
-    thumbnail = picture.copy()
-    thumbnail.thumbnail((size, size))
-    out = io.BytesIO()
-    thumbnail.save(out, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
