@@ -19,9 +19,9 @@ from rest_framework.test import APIClient
 from shop.catalog.models import Category, Product, ProductImage
 from tests.conftest import make_image_bytes
 from tests.services import free_port
-from visualsearch.api.views import fit_for_encoder
 from visualsearch.encoders.base import BaseEncoder, l2_normalize
 from visualsearch.filters import InvalidFilter, filter_kwargs, get_filters
+from visualsearch.images import fit_for_encoder
 from visualsearch.pipeline import embed_images
 
 pytestmark = pytest.mark.django_db

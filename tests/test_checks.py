@@ -107,6 +107,14 @@ def test_bad_settings_are_reported(settings):
     assert "must inherit" in check_settings()[0].msg
 
 
+def test_a_filter_lookup_that_does_not_fit_the_product_is_reported(settings):
+    filters = {"colour": "colour__name"}  # the demo product has no colour field
+    settings.VISUALSEARCH = {**settings.VISUALSEARCH, "FILTERS": filters}
+    messages = check_settings()
+    assert ids(messages) == ["visualsearch.E005"]
+    assert "colour" in messages[0].msg
+
+
 def test_missing_broker_is_a_warning(settings):
     from celery import current_app
 

@@ -27,13 +27,15 @@ def _version(text: str) -> tuple[int, ...]:
 
 @register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
-    """E005: image model, product field and encoder resolve; W001: a broker is configured."""
+    """E005: image model, product field, FILTERS and encoder resolve; W001: a broker is set."""
     from visualsearch.conf import get_product_model
     from visualsearch.encoders import get_encoder
+    from visualsearch.filters import get_filters
 
     messages = []
     try:
         get_product_model()
+        get_filters()  # every FILTERS lookup fits the product model
         encoder = get_encoder()
         if encoder.dimensions < 1:
             raise ImproperlyConfigured(f"{type(encoder).__name__} reports no vector size.")

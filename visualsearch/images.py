@@ -14,6 +14,10 @@ class InvalidImage(ValueError):
     """The data is not an image this app can use; the message says why, for users."""
 
 
+class InvalidCrop(InvalidImage):
+    """The crop box does not fit the image (too small, or reaching outside it)."""
+
+
 def read_limited(fileobj: BinaryIO, max_bytes: int) -> bytes:
     """Read at most ``max_bytes`` from ``fileobj``; ``InvalidImage`` if there is more."""
     data = fileobj.read(max_bytes + 1)
@@ -58,6 +62,11 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     return to_rgb(image)
 
 
+#: Query photos are shrunk to this longest side and padded to at most this aspect ratio before
+#: encoding: a 40000x1 sliver would otherwise become gigabytes in the encoder's resize.
+MAX_QUERY_SIDE = 1024
+MAX_QUERY_ASPECT = 4
+
 #: Smallest crop side in pixels: anything smaller carries too little to search with.
 MIN_CROP_SIDE = 8
 
@@ -72,11 +81,11 @@ def crop_image(image: Image.Image, box: tuple[int, int, int, int] | None) -> Ima
         return image
     x, y, width, height = (int(value) for value in box)
     if width < MIN_CROP_SIDE or height < MIN_CROP_SIDE:
-        raise InvalidImage(
+        raise InvalidCrop(
             f"The crop box is {width}x{height} pixels; each side must be at least {MIN_CROP_SIDE}."
         )
     if x < 0 or y < 0 or x + width > image.width or y + height > image.height:
-        raise InvalidImage(
+        raise InvalidCrop(
             f"The crop box (x={x}, y={y}, width={width}, height={height}) reaches outside the "
             f"{image.width}x{image.height} image."
         )
@@ -94,7 +103,19 @@ def open_query_image(
     data = upload if isinstance(upload, bytes) else read_limited(upload, max_bytes)
     if len(data) > max_bytes:
         raise InvalidImage(f"The file is larger than the {max_bytes // (1024 * 1024)} MB limit.")
-    return crop_image(decode_image(data, max_pixels=max_pixels), crop)
+    return fit_for_encoder(crop_image(decode_image(data, max_pixels=max_pixels), crop))
+
+
+def fit_for_encoder(image: Image.Image) -> Image.Image:
+    """``image`` shrunk to ``MAX_QUERY_SIDE`` and padded with white to ``MAX_QUERY_ASPECT``."""
+    image.thumbnail((MAX_QUERY_SIDE, MAX_QUERY_SIDE))
+    width, height = image.size
+    short = max(width, height) // MAX_QUERY_ASPECT
+    if min(width, height) >= short:
+        return image
+    canvas = Image.new("RGB", (max(width, short), max(height, short)), "white")
+    canvas.paste(image, ((canvas.width - width) // 2, (canvas.height - height) // 2))
+    return canvas
 
 
 def preview_data_url(image: Image.Image, side: int = 240) -> str:

@@ -46,14 +46,12 @@ from visualsearch.api.serializers import (
 from visualsearch.conf import get_product_model, visualsearch_settings
 from visualsearch.display import attach_thumbnails
 from visualsearch.encoders import TextEncodingNotSupported
-from visualsearch.images import InvalidImage, crop_image, open_query_image
+from visualsearch.images import InvalidCrop, InvalidImage, open_query_image
 from visualsearch.query import search, search_by_text, similar_products
 
 #: Query photos are shrunk to this longest side, and long thin ones padded to at most this
 #: aspect ratio, before encoding: the encoders work at a few hundred pixels, and a 40,000 x 1
 #: photo would otherwise blow up to gigabytes in their own resize (CLIP) or padding.
-MAX_QUERY_SIDE = 1024
-MAX_QUERY_ASPECT = 4
 
 
 class TextSearchUnavailable(exceptions.APIException):
@@ -203,32 +201,18 @@ class ImageSearchView(VisualSearchAPIView):
     def open_image(self, upload: Any, crop: tuple[int, int, int, int] | None) -> Image.Image:
         """Decode, crop and shrink the upload; ``ValidationError`` saying what is wrong."""
         try:
-            image = open_query_image(
+            return open_query_image(
                 upload,
+                crop=crop,
                 max_bytes=int(visualsearch_settings.MAX_IMAGE_BYTES),
                 max_pixels=int(visualsearch_settings.MAX_IMAGE_PIXELS),
             )
-        except InvalidImage as exc:
-            raise exceptions.ValidationError({"image": [str(exc)]}) from None
-        try:
-            image = crop_image(image, crop)
-        except InvalidImage as exc:
+        except InvalidCrop as exc:
             raise exceptions.ValidationError(
                 {api_settings.NON_FIELD_ERRORS_KEY: [str(exc)]}
             ) from None
-        return fit_for_encoder(image)
-
-
-def fit_for_encoder(image: Image.Image) -> Image.Image:
-    """``image`` shrunk to ``MAX_QUERY_SIDE`` and padded with white to ``MAX_QUERY_ASPECT``."""
-    image.thumbnail((MAX_QUERY_SIDE, MAX_QUERY_SIDE))
-    width, height = image.size
-    short = max(width, height) // MAX_QUERY_ASPECT
-    if min(width, height) >= short:
-        return image
-    canvas = Image.new("RGB", (max(width, short), max(height, short)), "white")
-    canvas.paste(image, ((canvas.width - width) // 2, (canvas.height - height) // 2))
-    return canvas
+        except InvalidImage as exc:
+            raise exceptions.ValidationError({"image": [str(exc)]}) from None
 
 
 class UploadSizeLimit(FileUploadHandler):
