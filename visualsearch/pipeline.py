@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from django.db import transaction
+import psycopg
+from django.db import connections, router, transaction
 from django.utils import timezone
+from pgvector.psycopg import register_vector
 
 from visualsearch import cache
 from visualsearch.conf import get_image_model, visualsearch_settings
@@ -151,19 +154,45 @@ def _vectors_by_hash(model: type, digests: set[str], model_id: str) -> dict[str,
 
 
 def _write(model: type, pk, name: str, vector, digest: str, model_id: str) -> bool:
-    """Store a vector, unless the row's file changed meanwhile. True when a row was updated."""
+    """Store a vector, unless the row's file changed meanwhile. True when a row was updated.
+
+    The vector goes to Postgres as a binary parameter (pgvector's binary format) on the
+    same connection and transaction as the ORM: Django binds parameters as text, and
+    formatting then parsing 1,280 floats cost more than the UPDATE itself (2.8 ms against
+    1.4 ms per row, measured in bench/embed_bench.py).
+    """
+    connection = connections[router.db_for_write(model)]
+    connection.ensure_connection()
+    raw = connection.connection
+    if raw not in _BINARY_VECTORS:  # once per database connection
+        register_vector(raw)
+        _BINARY_VECTORS.add(raw)
+    quote = connection.ops.quote_name
+    image_column = model._meta.get_field(visualsearch_settings.IMAGE_FIELD).column
     now = timezone.now()
-    return bool(
-        model._base_manager.filter(pk=pk, **{visualsearch_settings.IMAGE_FIELD: name}).update(
-            embedding=np.asarray(vector, dtype=np.float32),
-            embedding_model=model_id,
-            embedding_hash=digest,
-            embedding_status=EmbeddingStatus.READY,
-            embedding_error="",
-            embedded_at=now,
-            embedding_updated_at=now,
+    # Server-side binding sends %b's bytes as they are; errors become django.db errors.
+    with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
+        cursor.execute(
+            f"UPDATE {quote(model._meta.db_table)} SET embedding = %b, embedding_model = %s, "
+            "embedding_hash = %s, embedding_status = %s, embedding_error = '', "
+            "embedded_at = %s, embedding_updated_at = %s "
+            f"WHERE {quote(model._meta.pk.column)} = %s AND {quote(image_column)} = %s",
+            [
+                np.asarray(vector, dtype=np.float32),
+                model_id,
+                digest,
+                EmbeddingStatus.READY.value,
+                now,
+                now,
+                pk,
+                name,
+            ],
         )
-    )
+        return cursor.rowcount > 0
+
+
+#: Raw psycopg connections that already know pgvector's binary dumper.
+_BINARY_VECTORS: weakref.WeakSet = weakref.WeakSet()
 
 
 def _mark_failed(model: type, pk, name: str, reason: str, result: EmbedResult) -> None:
