@@ -30,5 +30,6 @@ $PY -m celery -A shop worker --beat --loglevel=info --concurrency=1 \
 WORKER=$!
 trap 'kill $WORKER 2>/dev/null; wait $WORKER 2>/dev/null' EXIT INT TERM
 echo "Celery worker running (pid $WORKER, log .demo/worker.log)."
-echo "Shop: http://$HOST:$PORT/   Admin: http://$HOST:$PORT/admin/ (admin / admin)"
+echo "Shop: http://$HOST:$PORT/   Search: http://$HOST:$PORT/search/   API docs: http://$HOST:$PORT/api/docs/"
+echo "Admin: http://$HOST:$PORT/admin/ (admin / admin)"
 $PY manage.py runserver "$HOST:$PORT" --noreload
