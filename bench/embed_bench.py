@@ -472,30 +472,32 @@ def bare_reference(
     batch: int,
     images: Sequence[Image.Image],
     args: argparse.Namespace,
+    trials: int = 5,
 ) -> dict[str, Any]:
-    """Bare EfficientNet ONNX images/s, 2 threads, at ``batch``: from part 2, else measured now.
+    """Bare EfficientNet ONNX images/s, 2 threads, at ``batch``, measured just before the e2e.
 
-    Measured with the app's encoder as the worker builds it (``batch_size`` 32: a larger task
-    batch runs as several ONNX batches, like in the worker).
+    With the app's encoder as the worker builds it (``batch_size`` 32: a larger task batch
+    runs as several ONNX batches, like in the worker); the part-2 figure is kept beside it.
     """
-    for row in rows:
-        if (row["encoder"], row["runtime"], row["threads"], row["batch"]) == (
-            "efficientnet-lite0",
-            "onnxruntime",
-            2,
-            batch,
-        ):
-            return {"images_per_s": row["images_per_s"], "source": "bare table"}
     from visualsearch.encoders.efficientnet import EfficientNetLite0Encoder
 
     encoder = EfficientNetLite0Encoder(threads=2, cache_dir=str(ONNX_CACHE))
     runner = Runner("efficientnet-lite0", "onnxruntime", 2, encoder.encode_images)
     runner.encode(images[:batch])
-    trials = [timed_trial(runner, images, batch, args.min_seconds) for _ in range(args.rounds)]
+    values = [timed_trial(runner, images, batch, args.min_seconds) for _ in range(trials)]
+    table_value = next(
+        (
+            row["images_per_s"]
+            for row in rows
+            if (row["encoder"], row["runtime"], row["threads"], row["batch"])
+            == ("efficientnet-lite0", "onnxruntime", 2, batch)
+        ),
+        None,
+    )
     return {
-        "images_per_s": rounded(median(trials)),
-        "trials": [round(value, 1) for value in trials],
-        "source": "measured before the e2e runs",
+        "images_per_s": rounded(median(values)),
+        "trials": [round(value, 1) for value in values],
+        "bare_table_images_per_s": table_value,
     }
 
 
@@ -503,16 +505,22 @@ def bare_reference(
 
 
 class CpuMeter:
-    """CPU seconds of process trees (own + reaped children + live descendants) and the machine."""
+    """CPU seconds of process trees (own + reaped children + live descendants) and the machine.
+
+    ``bench`` is this process alone (its polling), whose children are the worker and Redis.
+    """
 
     def __init__(self, roots: dict[str, int]) -> None:
         import psutil
 
         self.psutil = psutil
-        self.roots = roots
+        self.roots = {**roots, "bench": os.getpid()}
         self.start = self.sample()
 
     def tree(self, pid: int) -> float:
+        if pid == os.getpid():
+            times = os.times()
+            return times.user + times.system
         try:
             proc = self.psutil.Process(pid)
             times = proc.cpu_times()
@@ -529,7 +537,9 @@ class CpuMeter:
     def sample(self) -> dict[str, float]:
         values = {name: self.tree(pid) for name, pid in self.roots.items()}
         machine = self.psutil.cpu_times()
-        values["_busy"] = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+        steal = getattr(machine, "steal", 0.0)
+        values["_steal"] = steal
+        values["_busy"] = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0) - steal
         values["_wall"] = time.perf_counter()
         return values
 
@@ -545,6 +555,9 @@ class CpuMeter:
             },
             "machine_busy_pct": round(100 * busy / (wall * cores), 1) if wall else None,
             "other_processes_cpu_s": round(busy - sum(used.values()), 1),
+            "steal_pct": round(100 * (end["_steal"] - self.start["_steal"]) / (wall * cores), 1)
+            if wall
+            else None,
         }
 
 
@@ -587,18 +600,28 @@ class E2E:
 
         clock = time.perf_counter()
         call_command("migrate", verbosity=0)
-        limit = ["--limit", str(self.args.limit)] if self.args.limit else []
-        call_command(
-            "import_catalog",
-            str(self.args.csv),
-            "--defer-embedding",
-            "--no-progress",
-            *limit,
-            stdout=io.StringIO(),
-        )
+        with open(self.args.csv, encoding="utf-8-sig") as handle:
+            wanted = sum(1 for line in handle if line.strip()) - 1  # one image per data row
+        if self.args.limit:
+            wanted = min(wanted, self.args.limit)
+        imported = self.model._base_manager.count() >= wanted
+        if not imported:  # the import is idempotent, but checking 6,573 rows takes ~15 s
+            limit = ["--limit", str(self.args.limit)] if self.args.limit else []
+            call_command(
+                "import_catalog",
+                str(self.args.csv),
+                "--defer-embedding",
+                "--no-progress",
+                *limit,
+                stdout=io.StringIO(),
+            )
         rows = self.model._base_manager.order_by("pk").values_list("pk", flat=True)
         self.pks = list(rows[: self.args.limit] if self.args.limit else rows)
-        return {"rows": len(self.pks), "import_s": round(time.perf_counter() - clock, 1)}
+        return {
+            "rows": len(self.pks),
+            "import_s": round(time.perf_counter() - clock, 1),
+            "imported_before": imported,
+        }
 
     def reset(self) -> float:
         """Every row back to ``pending`` without a vector; index rebuilt empty, vacuumed.
@@ -740,10 +763,22 @@ class E2E:
         return result
 
     def inline_run(self, batch: int) -> dict[str, Any]:
-        """``manage.py visualsearch_reindex --all --batch-size N`` (encoder threads: default)."""
+        """``manage.py visualsearch_reindex --all --batch-size N`` (encoder threads: default).
+
+        With ``--limit`` the rows outside the benchmarked ones are marked ``failed`` and the
+        command runs without ``--all`` (it embeds the pending rows), so it embeds the same rows.
+        """
+        from visualsearch.models import EmbeddingStatus
+
         reset_s = self.reset()
+        selection = ["--all"]
+        if self.args.limit:
+            self.model._base_manager.filter(pk__gt=self.pks[-1]).update(
+                embedding_status=EmbeddingStatus.FAILED, embedding_error="outside --limit"
+            )
+            selection = ["--missing"]
         command = [
-            sys.executable, "manage.py", "visualsearch_reindex", "--all",
+            sys.executable, "manage.py", "visualsearch_reindex", *selection,
             "--batch-size", str(batch), "--no-progress",
         ]  # fmt: skip
         log = self.logs / f"inline-b{batch}.log"
@@ -916,7 +951,7 @@ class E2E:
         pks = self.pks[:images]
         encoder.encode_images = encode_images
         pipeline._write = write
-        meter = CpuMeter({"bench process": os.getpid(), **self.process_roots()})
+        meter = CpuMeter(self.process_roots())
         try:
             started = time.perf_counter()
             for start in range(0, len(pks), batch):
@@ -1151,6 +1186,9 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 for key in cpu_keys
             },
             "machine_busy_pct": med("machine_busy_pct"),
+            "other_processes_cpu_s": med("other_processes_cpu_s"),
+            "other_processes_cpu_s_runs": [run["other_processes_cpu_s"] for run in good],
+            "steal_pct": med("steal_pct"),
         }
     )
     add_ratio(case, first["bare_images_per_s"])
@@ -1296,6 +1334,8 @@ def format_report(report: dict[str, Any]) -> str:
                     cpu.get("postgres"),
                     cpu.get("redis"),
                     run.get("machine_busy_pct"),
+                    run.get("other_processes_cpu_s"),
+                    run.get("steal_pct"),
                 ]
             )
         out.append(f"\nEnd-to-end reindex of {e2e['rows']:,} photos (real worker, private Redis)")
@@ -1318,6 +1358,8 @@ def format_report(report: dict[str, Any]) -> str:
                     "cpu pg",
                     "cpu redis",
                     "busy %",
+                    "other s",
+                    "steal %",
                 ],  # fmt: skip
                 rows,
             )
@@ -1325,8 +1367,10 @@ def format_report(report: dict[str, Any]) -> str:
         out.append(
             "img/s: rows / wall time from enqueue to the last ready row (median of the runs); "
             "steady: 10-90 % done; 10s-median: median over 10-second windows;\n"
-            "cpu: CPU seconds per 1,000 images; bare: EfficientNet ONNX, 2 threads, same batch; "
-            "_write binary: the worker runs the proposed binary_write (see the JSON)"
+            "cpu: CPU seconds per 1,000 images; _write binary: the proposed binary_write;\n"
+            "bare: EfficientNet ONNX, 2 threads, same batch, measured just before the e2e runs;\n"
+            "busy: machine CPU use; other s: CPU seconds of processes outside worker, Postgres "
+            "and Redis during the run (a disturbed run shows here); steal: hypervisor steal"
         )
         if paired := e2e.get("paired_ratios"):
             out.append("\nSpeed-up within a round (median over rounds)")
@@ -1440,10 +1484,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--e2e-repeats", type=int, default=1, help="runs of every worker case, round-robin (1)"
     )
     parser.add_argument(
-        "--breakdown", type=int, default=640, help="images of the in-process breakdown (0: off)"
+        "--breakdown", type=int, default=320, help="images of the in-process breakdown (0: off)"
     )
     parser.add_argument(
-        "--write-probe", type=int, default=640, help="rows of the vector-write probe (0: off)"
+        "--write-probe", type=int, default=320, help="rows of the vector-write probe (0: off)"
     )
     parser.add_argument("--skip-decode", action="store_true")
     parser.add_argument("--skip-bare", action="store_true")
