@@ -4,7 +4,10 @@ Everything that differs between a laptop and production comes from the environme
 ``DATABASE_URL`` (otherwise an embedded Postgres + pgvector under ``.pgdata/``, database
 ``VISUALSEARCH_DB_NAME`` or ``visualsearch``),
 ``CELERY_BROKER_URL`` / ``REDIS_URL``, ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``,
-``DJANGO_ALLOWED_HOSTS``, ``MEDIA_ROOT`` and the encoder choice ``VISUALSEARCH_ENCODER``
+``DJANGO_ALLOWED_HOSTS``, the HTTPS settings ``DJANGO_SECURE_SSL_REDIRECT``,
+``DJANGO_SESSION_COOKIE_SECURE``, ``DJANGO_CSRF_COOKIE_SECURE``, ``DJANGO_SECURE_HSTS_*`` and
+``DJANGO_SECURE_PROXY_SSL_HEADER`` (on by default when DEBUG is off),
+``IMPORT_ALLOW_PRIVATE_URLS``, ``MEDIA_ROOT`` and the encoder choice ``VISUALSEARCH_ENCODER``
 (``efficientnet`` — the default, offline, real ImageNet weights —, ``adapted`` — the same
 with the catalog projection at ``VISUALSEARCH_PROJECTION`` — or ``clip``) with
 ``VISUALSEARCH_CLIP_MODEL`` (a hub name or a local sentence-transformers directory).
@@ -46,6 +49,21 @@ if not SECRET_KEY:
         raise RuntimeError("Set DJANGO_SECRET_KEY when DJANGO_DEBUG is off.")
     SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
+
+# HTTPS: with DEBUG off all of these are on (what `manage.py check --deploy` asks for); each
+# can be set from the environment (DJANGO_ + the setting's name), as docker-compose's
+# plain-http demo does.
+SECURE_SSL_REDIRECT = _env_bool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = _env_bool("DJANGO_SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = _env_bool("DJANGO_CSRF_COOKIE_SECURE", not DEBUG)
+SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+SECURE_HSTS_PRELOAD = _env_bool("DJANGO_SECURE_HSTS_PRELOAD", not DEBUG)
+# Behind a proxy that terminates TLS and sets the header (dropping the clients' own), name
+# it, e.g. DJANGO_SECURE_PROXY_SSL_HEADER=X-Forwarded-Proto; never trust it otherwise.
+if os.environ.get("DJANGO_SECURE_PROXY_SSL_HEADER"):
+    _proxy_header = os.environ["DJANGO_SECURE_PROXY_SSL_HEADER"].upper().replace("-", "_")
+    SECURE_PROXY_SSL_HEADER = (f"HTTP_{_proxy_header}", "https")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -124,6 +142,10 @@ STORAGES = {
 
 # Uploads: Django's own cap on request bodies held in memory; image files stream to disk.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+
+# `manage.py import_catalog` fetches image URLs from public addresses only; turn this on to
+# fetch from loopback, private or link-local ones (an intranet image server).
+IMPORT_ALLOW_PRIVATE_URLS = _env_bool("IMPORT_ALLOW_PRIVATE_URLS", False)
 
 # --- Redis: Celery broker and the cache (rendered similar-products widgets) --------------
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

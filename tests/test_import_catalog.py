@@ -229,7 +229,7 @@ def test_bad_rows_are_reported_and_skipped(transactional_db, broker, tmp_path, i
 
     assert result.returncode == 0, result.stderr
     assert "row 3: file not found: images/missing.jpg; skipped" in result.stderr
-    assert "row 4: not an image: images/notes.jpg; skipped" in result.stderr
+    assert "row 4: not a usable image: images/notes.jpg: the file is not an image" in result.stderr
     assert "row 5: missing id; skipped" in result.stderr
     assert "row 6: missing image; skipped" in result.stderr
     assert not re.search(r"^row [278]:", result.stderr, re.MULTILINE)
@@ -248,7 +248,8 @@ def test_bad_rows_are_reported_and_skipped(transactional_db, broker, tmp_path, i
 
 
 @pytest.mark.django_db
-def test_urls_are_downloaded_and_failures_reported(tmp_path, http_root):
+def test_urls_are_downloaded_and_failures_reported(tmp_path, http_root, settings):
+    settings.IMPORT_ALLOW_PRIVATE_URLS = True  # the test server listens on 127.0.0.1
     folder, base = http_root
     (folder / "photo.jpg").write_bytes(make_image_bytes("purple"))
     (folder / "slow" / "late.jpg").write_bytes(make_image_bytes("yellow"))

@@ -22,6 +22,7 @@ from django.utils.safestring import SafeString
 
 from visualsearch import cache
 from visualsearch.conf import get_image_model, visualsearch_settings
+from visualsearch.forms import EmbeddableImageField
 from visualsearch.models import EmbeddingQuerySet, EmbeddingStatus, VisualSearch
 
 EMBEDDING_READONLY_FIELDS = (
@@ -121,8 +122,10 @@ class EmbeddedImageAdminMixin:
     """Mix into the ModelAdmin (or inline) of the image model.
 
     Gives the columns ``embedding_thumbnail``, ``embedding_status_badge``, ``embedding_model``,
-    ``embedded_at`` (``embedding_list_display``), filters by status and encoder model, and the
-    actions "re-embed selected" and "mark stale". Templates are attributes to override.
+    ``embedded_at`` (``embedding_list_display``), filters by status and encoder model, the
+    actions "re-embed selected" and "mark stale", and an upload field that refuses files the
+    worker could not use (:class:`visualsearch.forms.EmbeddableImageField`). Templates are
+    attributes to override.
     """
 
     embedding_list_display = (
@@ -135,6 +138,12 @@ class EmbeddedImageAdminMixin:
     actions = [reembed_selected, mark_stale_selected]
     thumbnail_template = "admin/visualsearch/thumbnail.html"
     thumbnail_size = 64
+
+    def formfield_for_dbfield(self, db_field: Any, request: Any, **kwargs: Any) -> Any:
+        # Uploads the worker could not use are refused in the form, with the reason.
+        if db_field.name == visualsearch_settings.IMAGE_FIELD:
+            kwargs.setdefault("form_class", EmbeddableImageField)
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def get_readonly_fields(self, request: Any, obj: Any = None) -> tuple:
         fields = tuple(super().get_readonly_fields(request, obj)) + EMBEDDING_READONLY_FIELDS

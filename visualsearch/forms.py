@@ -1,13 +1,14 @@
-"""A search form for HTML pages: a photo (optionally cropped) and/or a description."""
+"""Forms: the search form for HTML pages, and an image upload field for the image model."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django import forms
+from django.template.defaultfilters import filesizeformat
 
 from visualsearch.conf import visualsearch_settings
-from visualsearch.images import InvalidImage, open_query_image
+from visualsearch.images import InvalidImage, decode_image, open_query_image, read_limited
 
 CROP_FIELDS = ("crop_x", "crop_y", "crop_width", "crop_height")
 
@@ -60,3 +61,34 @@ class ImageSearchForm(forms.Form):
         if not upload and not data["q"] and not self.errors:
             raise forms.ValidationError("Choose a photo or type a description to search.")
         return data
+
+
+class EmbeddableImageField(forms.ImageField):
+    """An image upload that the embedding pipeline will be able to use, or a form error.
+
+    The file must fit ``MAX_IMAGE_BYTES`` and decode as the worker decodes it (the formats of
+    ``visualsearch.images.FORMATS``, at most ``MAX_IMAGE_PIXELS``), so that staff read the
+    reason at once instead of finding a ``failed`` row later. ``EmbeddedImageAdminMixin`` uses
+    it for the image field; use it in your own forms of the image model too.
+    """
+
+    def to_python(self, data: Any) -> Any:
+        size = getattr(data, "size", None)
+        if data in self.empty_values or not hasattr(data, "read") or size == 0:
+            return super().to_python(data)  # Django's messages: no file, empty file
+        max_bytes = int(visualsearch_settings.MAX_IMAGE_BYTES)
+        if size is not None and size > max_bytes:
+            raise forms.ValidationError(
+                f"The file is larger than the {filesizeformat(max_bytes)} limit.",
+                code="file_too_large",
+            )
+        try:
+            decode_image(
+                read_limited(data, max_bytes),
+                max_pixels=int(visualsearch_settings.MAX_IMAGE_PIXELS),
+            )
+        except InvalidImage as exc:
+            raise forms.ValidationError(str(exc), code="invalid_image") from None
+        finally:
+            data.seek(0)
+        return super().to_python(data)

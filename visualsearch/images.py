@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import warnings
+from collections.abc import Sequence
 from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -18,26 +19,40 @@ class InvalidCrop(InvalidImage):
     """The crop box does not fit the image (too small, or reaching outside it)."""
 
 
+#: The formats decoded (Pillow's names): what shops upload and phones and cameras produce
+#: (MPO is a JPEG with a second picture). Pillow's other readers (EPS through Ghostscript,
+#: PSD, FITS…) are never reached by uploads, which keeps the attack surface small.
+FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF")
+
+
 def read_limited(fileobj: BinaryIO, max_bytes: int) -> bytes:
     """Read at most ``max_bytes`` from ``fileobj``; ``InvalidImage`` if there is more."""
     data = fileobj.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise InvalidImage(f"The file is larger than the {max_bytes // (1024 * 1024)} MB limit.")
+        raise InvalidImage(f"The file is larger than the {_size(max_bytes)} limit.")
     return data
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+def _size(count: int) -> str:
+    """``20 MB``, ``1.5 MB`` or ``100,000 bytes``."""
+    return f"{count / 2**20:.3g} MB" if count >= 2**20 else f"{count:,} bytes"
+
+
+def decode_image(data: bytes, *, max_pixels: int, formats: Sequence[str] = FORMATS) -> Image.Image:
     """Decode ``data`` into an RGB image, honouring EXIF orientation, first frame only.
 
-    Checks the pixel count from the header before decoding (decompression bombs), flattens
-    transparency onto white, and converts CMYK, 16-bit, palette and grey images to RGB.
+    Only ``formats`` are read. Checks the pixel count from the header before decoding
+    (decompression bombs), flattens transparency onto white, and converts CMYK, 16-bit,
+    palette and grey images to RGB. Whatever goes wrong raises ``InvalidImage`` saying why.
     """
     if not data:
         raise InvalidImage("The file is empty.")
+    Image.init()  # registers every plugin, so that the names below can be checked
+    readable = [name for name in formats if name in Image.OPEN]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=readable)
             width, height = image.size
             if width < 1 or height < 1:
                 raise InvalidImage("The image has no pixels.")
@@ -52,18 +67,57 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidImage(f"The image has more than the {max_pixels:,} pixels allowed.") from None
     except UnidentifiedImageError:
-        raise InvalidImage("The file is not an image format that can be read.") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InvalidImage(f"The image could not be decoded ({exc}).") from None
+        kind = sniff(data)
+        raise InvalidImage(
+            "The file is not an image format that can be read."
+            + (f" It looks like {kind}." if kind else "")
+            + f" Accepted: {', '.join(name for name in readable if name != 'MPO')}."
+        ) from None
+    except Exception as exc:  # hostile data can trip any error inside a decoder
+        detail = str(exc) or type(exc).__name__
+        raise InvalidImage(f"The image could not be decoded ({detail}).") from None
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block must not reject an otherwise good photo
         pass
-    return to_rgb(image)
+    try:
+        return to_rgb(image)
+    except Exception as exc:
+        raise InvalidImage(f"The colour mode {image.mode} cannot be converted ({exc}).") from None
 
 
-#: Query photos are shrunk to this longest side and padded to at most this aspect ratio before
-#: encoding: a 40000x1 sliver would otherwise become gigabytes in the encoder's resize.
+#: Leading bytes of files that people take for images but Pillow cannot (or must not) read.
+_SIGNATURES = [
+    (b"%PDF", "a PDF document"),
+    (b"%!PS", "a PostScript file"),
+    (b"8BPS", "a Photoshop file"),
+    (b"PK\x03\x04", "a ZIP archive"),
+]
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1"}
+
+
+def sniff(data: bytes) -> str | None:
+    """What an unreadable file seems to be ("a PDF document"…), for error messages; or None."""
+    if data[4:8] == b"ftyp":
+        if data[8:12] in _HEIF_BRANDS:
+            return "a HEIC/HEIF photo"
+        return "a video or other ISO media file"
+    for signature, kind in _SIGNATURES:
+        if data.startswith(signature):
+            return kind
+    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if b"<svg" in head:
+        return "an SVG drawing"
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        return "an HTML page"
+    if head.startswith(b"<"):
+        return "an XML or HTML document"
+    return None
+
+
+#: Photos (queries and catalog images alike) are shrunk to this longest side and padded to at
+#: most this aspect ratio before encoding: a 40000x1 sliver would otherwise become gigabytes in
+#: the encoder's resize (CLIP) or padding to a square (EfficientNet).
 MAX_QUERY_SIDE = 1024
 MAX_QUERY_ASPECT = 4
 
@@ -102,7 +156,7 @@ def open_query_image(
     """A search upload (bytes or a file) as an RGB image, cropped to ``crop`` if given."""
     data = upload if isinstance(upload, bytes) else read_limited(upload, max_bytes)
     if len(data) > max_bytes:
-        raise InvalidImage(f"The file is larger than the {max_bytes // (1024 * 1024)} MB limit.")
+        raise InvalidImage(f"The file is larger than the {_size(max_bytes)} limit.")
     return fit_for_encoder(crop_image(decode_image(data, max_pixels=max_pixels), crop))
 
 
@@ -131,8 +185,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to RGB, compositing transparency onto a white background."""
     if image.mode == "RGB":
         return image
-    if image.mode in {"I;16", "I;16B", "I;16L", "I"}:
-        image = image.point(lambda value: value * (1 / 256)).convert("L")
+    if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit grey, any byte order
+        image = image.convert("I").point(lambda value: value * (1 / 256)).convert("L")
+    if image.mode == "La":  # premultiplied alpha
+        image = image.convert("LA")
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in {"RGBA", "LA", "PA", "La", "RGBa"}:

@@ -22,7 +22,7 @@ from pgvector.psycopg import register_vector
 from visualsearch import cache
 from visualsearch.conf import get_image_model, visualsearch_settings
 from visualsearch.encoders import get_encoder
-from visualsearch.images import InvalidImage, decode_image, read_limited
+from visualsearch.images import InvalidImage, decode_image, fit_for_encoder, read_limited
 from visualsearch.models import EmbeddingStatus
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,9 @@ def embed_images(pks: Iterable, *, model: type | None = None, force: bool = Fals
         except InvalidImage as exc:
             _mark_failed(model, row.pk, fieldfile.name, str(exc), result)
             continue
-        work.append((row, fieldfile.name, digest, image))
+        # Bounded like query photos: a 20000x1 banner must not blow up the encoder's resize,
+        # and a batch holds at most BATCH_SIZE images of 1024 pixels a side.
+        work.append((row, fieldfile.name, digest, fit_for_encoder(image)))
 
     if not force and work:
         known = _vectors_by_hash(model, {digest for _, _, digest, _ in work}, encoder.model_id)

@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from PIL import Image, ImageDraw
 
 from shop.catalog.models import Product
@@ -30,8 +30,19 @@ class Command(BaseCommand):
         parser.add_argument("--csv", type=Path, help="catalog CSV to import instead")
         parser.add_argument("--limit", type=int, help="import at most this many products")
         parser.add_argument("--no-embed", action="store_true", help="leave embedding to workers")
+        parser.add_argument(
+            "--allow-production",
+            action="store_true",
+            help="run even with DEBUG off (it creates the superuser admin / admin)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not settings.DEBUG and not options["allow_production"]:
+            raise CommandError(
+                "DEBUG is off: demo_setup would create the superuser admin / admin on what looks "
+                "like a production site. Use createsuperuser and import_catalog instead, or pass "
+                "--allow-production if this really is a throw-away demo."
+            )
         user_model = get_user_model()
         if not user_model.objects.filter(is_superuser=True).exists():
             user_model.objects.create_superuser("admin", "admin@example.com", "admin")

@@ -1,7 +1,10 @@
 """``manage.py import_catalog PATH.csv``: load products and their images from a CSV file.
 
 One row per image; rows sharing an id make one product with several images. The image column
-holds a path (relative to the CSV's folder, or absolute) or an http(s) URL. Re-running the same
+holds a path (relative to the CSV's folder, or absolute) or an http(s) URL. Paths must lead
+into the CSV's folder or a ``--root`` folder; URLs must lead to public addresses unless the
+setting ``IMPORT_ALLOW_PRIVATE_URLS`` is on (see ``shop.catalog.downloads``). Every image is
+decoded as the embedding worker will decode it. Re-running the same
 file creates nothing new: an image is known by its product and its ``source`` string, and a
 product by its external id; a product's fields come from its first row, and a changed row
 updates them. Bad rows are reported on stderr and skipped; they never stop the import.
@@ -10,10 +13,7 @@ updates them. Bad rows are reported on stderr and skipped; they never stop the i
 from __future__ import annotations
 
 import csv
-import io
 import re
-import time
-import urllib.request as urlrequest
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,15 +27,18 @@ from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlsplit
 
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DataError, IntegrityError, models, transaction
 from django.utils.text import slugify
-from PIL import Image
 from tqdm import tqdm
 
+from shop.catalog.downloads import TooLarge, download
 from shop.catalog.models import Category, Product, ProductImage
+from visualsearch.conf import visualsearch_settings
 from visualsearch.handlers import deferred_embedding
+from visualsearch.images import InvalidImage, decode_image
 
 ALIASES = {  # field: the CSV columns that may hold it, first found wins
     "external_id": ("id", "external_id"),
@@ -71,16 +74,30 @@ class ProductRows:
     images: list[ImageRow] = field(default_factory=list)
 
 
-def fetch_image(source: str, base_dir: Path, *, timeout: float, max_bytes: int) -> bytes:
-    """The bytes of a local file or an http(s) URL, checked to be an image, else ``RowError``."""
+def fetch_image(
+    source: str,
+    base_dir: Path,
+    *,
+    timeout: float,
+    max_bytes: int,
+    roots: tuple[Path, ...] = (),
+    allow_private: bool = False,
+) -> bytes:
+    """The bytes of a local file or an http(s) URL, checked to be a usable image, else ``RowError``.
+
+    A path must resolve (symbolic links followed) into ``base_dir`` or one of ``roots``; a URL
+    must lead to public addresses unless ``allow_private``.
+    """
     scheme = _SCHEME.match(source)
     try:
         if scheme and scheme.group(1).lower() in {"http", "https"}:
-            data = download(source, timeout=timeout, max_bytes=max_bytes)
+            data = download(
+                source, timeout=timeout, max_bytes=max_bytes, allow_private=allow_private
+            )
         elif scheme:
             raise RowError(f"unsupported URL scheme {scheme.group(1)!r} (only http and https)")
         else:
-            with (base_dir / Path(source).expanduser()).open("rb") as handle:
+            with local_path(source, base_dir, roots).open("rb") as handle:
                 data = handle.read(max_bytes + 1)
     except HTTPError as exc:
         raise RowError(f"HTTP {exc.code} {exc.reason} for {source}") from None
@@ -90,44 +107,27 @@ def fetch_image(source: str, base_dir: Path, *, timeout: float, max_bytes: int) 
         raise RowError(f"timed out after {timeout:g}s fetching {source}") from None
     except FileNotFoundError:
         raise RowError(f"file not found: {source}") from None
+    except TooLarge:
+        raise RowError(f"{source} is larger than --max-bytes {max_bytes:,}") from None
     except (OSError, ValueError, HTTPException) as exc:
         raise RowError(f"cannot read {source}: {exc!r}") from None
     if len(data) > max_bytes:
         raise RowError(f"{source} is larger than --max-bytes {max_bytes:,}")
-    try:
-        Image.open(io.BytesIO(data)).verify()
-    except Exception:
-        raise RowError(f"not an image: {source}") from None
+    try:  # as the worker will: a file it could not use is never imported
+        decode_image(data, max_pixels=int(visualsearch_settings.MAX_IMAGE_PIXELS))
+    except InvalidImage as exc:
+        reason = str(exc).rstrip(".")
+        raise RowError(f"not a usable image: {source}: {reason[:1].lower()}{reason[1:]}") from None
     return data
 
 
-def download(url: str, *, timeout: float, max_bytes: int) -> bytes:
-    """GET ``url`` within ``timeout`` seconds in all; at most ``max_bytes + 1`` bytes are read.
-
-    Redirects are followed to http(s) URLs only.
-    """
-    deadline = time.monotonic() + timeout
-    request = urlrequest.Request(url, headers={"User-Agent": "shop-import-catalog/1.0"})
-    chunks, size = [], 0
-    with _OPENER.open(request, timeout=timeout) as response:
-        while size <= max_bytes and (chunk := response.read(64 * 1024)):
-            chunks.append(chunk)
-            size += len(chunk)
-            if time.monotonic() > deadline:
-                raise TimeoutError
-    return b"".join(chunks)
-
-
-class _HTTPRedirects(urlrequest.HTTPRedirectHandler):
-    """Follows redirects to http(s) URLs only (the stdlib's handler also follows ``ftp:``)."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if urlsplit(newurl).scheme.lower() not in {"http", "https"}:
-            raise HTTPError(newurl, code, f"redirect to {newurl} refused", headers, fp)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-_OPENER = urlrequest.build_opener(_HTTPRedirects)
+def local_path(source: str, base_dir: Path, roots: tuple[Path, ...] = ()) -> Path:
+    """``source`` resolved against ``base_dir``; ``RowError`` unless it stays inside ``base_dir``
+    or one of ``roots`` (all resolved already), so a CSV cannot read ``../../etc/passwd``."""
+    path = (base_dir / Path(source).expanduser()).resolve()
+    if any(path.is_relative_to(root) for root in (base_dir, *roots)):
+        return path
+    raise RowError(f"{source} is outside the CSV's folder (allow another folder with --root)")
 
 
 def product_fields(row: dict[str, str], columns: dict[str, str | None]) -> dict[str, Any]:
@@ -193,7 +193,18 @@ class Command(BaseCommand):
         parser.add_argument("--category-column", help="Default: articleType, else category.")
         parser.add_argument("--workers", type=int, default=8, help="Parallel fetches (8).")
         parser.add_argument("--timeout", type=float, default=20.0, help="Seconds per URL (20).")
-        parser.add_argument("--max-bytes", type=int, default=20 * 2**20, help="Per file (20 MB).")
+        parser.add_argument(
+            "--max-bytes",
+            type=int,
+            help="Per file (default: the VISUALSEARCH setting MAX_IMAGE_BYTES, 20 MB).",
+        )
+        parser.add_argument(
+            "--root",
+            action="append",
+            type=Path,
+            default=[],
+            help="A folder image paths may lead into besides the CSV's own (repeatable).",
+        )
         parser.add_argument("--limit", type=int, help="Import only the first N products.")
         parser.add_argument("--dry-run", action="store_true", help="Check every row, save nothing.")
         parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
@@ -222,7 +233,9 @@ class Command(BaseCommand):
             fetch_image,
             base_dir=self.base_dir,
             timeout=options["timeout"],
-            max_bytes=options["max_bytes"],
+            max_bytes=options["max_bytes"] or int(visualsearch_settings.MAX_IMAGE_BYTES),
+            roots=tuple(root.expanduser().resolve() for root in options["root"]),
+            allow_private=bool(getattr(settings, "IMPORT_ALLOW_PRIVATE_URLS", False)),
         )
         window: deque[ProductRows] = deque()  # products being fetched, written in file order
         deferred = deferred_embedding() if options["defer_embedding"] else nullcontext()
