@@ -29,6 +29,14 @@ DEFAULTS: dict[str, Any] = {
     "HNSW_EF_CONSTRUCTION": 64,
     # Per-query candidate list size; set with SET LOCAL inside the query's transaction.
     "HNSW_EF_SEARCH": 100,
+    # Index and search half-precision copies of the vectors: the HNSW index is built on the
+    # expression ``embedding::halfvec(n)`` (half the size; the column keeps full precision)
+    # and queries order by the same expression. Baked into the host's migration like HNSW_M.
+    "HNSW_HALFVEC": False,
+    # Filtered queries that the planner expects to match at most this many images are
+    # answered by an exact scan over those rows (through the filter's B-tree index) instead of
+    # the HNSW index's iterative scan (0: always the index). See bench/query_bench.py.
+    "EXACT_SEARCH_MAX_ROWS": 10_000,
     # Images per encoder batch in workers and in the reindex command.
     "BATCH_SIZE": 32,
     # Largest accepted image, in pixels (decompression-bomb guard) and bytes.
