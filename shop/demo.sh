@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make demo`: embedded Postgres, migrations, demo catalog, embeddings, a Celery worker
-# (with the periodic sweep) and the development server at http://HOST:PORT.
+# `make demo`: embedded Postgres, migrations, demo catalog, embeddings (images, and product
+# texts for text search), a Celery worker (with the periodic sweep) and the development
+# server at http://HOST:PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOST=${1:-127.0.0.1}

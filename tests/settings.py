@@ -22,6 +22,9 @@ VISUALSEARCH = {
     "ENCODER": "visualsearch.encoders.clip.CLIPEncoder",
     "ENCODER_OPTIONS": {"model": str(TINY_CLIP_DIR), "threads": 1},
     "CACHE_DIR": str(BASE_DIR / ".cache" / "visualsearch"),  # noqa: F405
+    # Text search is off for the suite at large (its tests turn it on: test_text_search.py),
+    # so that other tests see only their own queries and tasks.
+    "TEXT_MODEL": None,
 }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # A separate name lets two test runs share one embedded server.

@@ -228,23 +228,23 @@ def test_search_by_description_with_clip(client, catalog):
     response = client.get(reverse("catalog:search"), {"q": "a red square"})
     assert response.status_code == 200
     assert len(result_names(response)) == 12  # the tiny CLIP ranks every product
-    assert "were matched against product names" not in response.content.decode()
+    assert "cannot search by description" not in response.content.decode()
 
 
-def test_description_without_a_text_tower_matches_names(client, catalog):
+def test_description_without_any_text_search_says_so(client, catalog):
+    # No text tower and text search off (tests/test_text_search.py covers it on).
     with override_settings(VISUALSEARCH=image_only_settings(settings.VISUALSEARCH)):
         response = client.get(reverse("catalog:search"), {"q": "orange"})
-        names = result_names(response)
         assert response.status_code == 200
-        assert names and all(name.startswith("orange") for name in names)
-        assert "were matched against product names" in response.content.decode()
-        # Photo + words: ranked by the photo among the products the words match.
+        assert result_names(response) == []
+        assert "cannot search by description" in response.content.decode()
+        # Photo + words: the photo alone is used, and the page says so.
         response = client.post(
             reverse("catalog:search"),
             {"image": upload(make_image_bytes("orange", "circle")), "q": "orange"},
         )
         assert result_names(response)[0].startswith("orange circle")
-        assert all(name.startswith("orange") for name in result_names(response))
+        assert "the photo alone was used" in response.content.decode()
 
 
 def test_search_in_a_category(client, catalog):

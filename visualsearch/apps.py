@@ -14,7 +14,12 @@ class VisualSearchConfig(AppConfig):
 
         from visualsearch import checks  # noqa: F401  (registers the checks)
         from visualsearch.conf import get_image_model, get_product_model
-        from visualsearch.handlers import image_saved, invalidate_renderings, remember_file
+        from visualsearch.handlers import (
+            image_saved,
+            invalidate_renderings,
+            product_saved,
+            remember_file,
+        )
 
         try:
             model = get_image_model()
@@ -23,6 +28,10 @@ class VisualSearchConfig(AppConfig):
             return  # reported by system check visualsearch.E005
         post_init.connect(remember_file, sender=model, dispatch_uid="visualsearch.remember_file")
         post_save.connect(image_saved, sender=model, dispatch_uid="visualsearch.image_saved")
+        # Text search (VISUALSEARCH["TEXT_MODEL"]): the handler returns at once while it is off.
+        post_save.connect(
+            product_saved, sender=product_model, dispatch_uid="visualsearch.product_saved"
+        )
         # Cached widgets show images, names and prices: any change to either model drops them.
         for sender in (model, product_model):
             for signal, name in ((post_save, "save"), (post_delete, "delete")):

@@ -5,7 +5,7 @@
 | visualsearch.E001  | the database is not PostgreSQL                                   |
 | visualsearch.E002  | the pgvector extension is not available on the server            |
 | visualsearch.E003  | pgvector is older than 0.8.4                                     |
-| visualsearch.E004  | the stored vector size differs from the encoder's                |
+| visualsearch.E004  | a stored vector size differs from its encoder's (image or text) |
 | visualsearch.E005  | the VISUALSEARCH settings are invalid                            |
 | visualsearch.W001  | no Celery broker is configured                                   |
 """
@@ -40,6 +40,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
         if encoder.dimensions < 1:
             raise ImproperlyConfigured(f"{type(encoder).__name__} reports no vector size.")
         encoder.model_id  # noqa: B018  (an adapted encoder checks its projection file here)
+        check_text_settings()
     except ImproperlyConfigured as exc:
         messages.append(
             Error(
@@ -66,6 +67,26 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
             )
         )
     return messages
+
+
+def check_text_settings() -> None:
+    """Raise ``ImproperlyConfigured`` when text search is on but misconfigured."""
+    from visualsearch.conf import get_text_model, visualsearch_settings
+    from visualsearch.encoders import get_text_encoder
+    from visualsearch.texts import text_fields
+
+    if get_text_model() is None:
+        return
+    text_fields()
+    encoder = get_text_encoder()
+    if encoder.dimensions < 1:
+        raise ImproperlyConfigured(f"{type(encoder).__name__} reports no vector size.")
+    for key in ("RRF_K", "RRF_CANDIDATES"):
+        value = getattr(visualsearch_settings, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ImproperlyConfigured(
+                f"VISUALSEARCH[{key!r}] must be a positive integer, got {value!r}."
+            )
 
 
 @register(Tags.database)
@@ -130,31 +151,38 @@ def check_connection(connection: Any) -> list:
 
 
 def check_dimensions(connection: Any) -> list:
-    """E004: the embedding column's declared size equals the encoder's."""
-    from visualsearch.conf import get_image_model
-    from visualsearch.encoders import get_encoder
+    """E004: the embedding columns' declared sizes equal their encoders' (image and text)."""
+    from visualsearch.conf import get_image_model, get_text_model
+    from visualsearch.encoders import get_encoder, get_text_encoder
 
     try:
-        model = get_image_model()
-        expected = get_encoder().dimensions
+        pairs = [(get_image_model(), get_encoder)]
+        text_model = get_text_model()
+        if text_model is not None:
+            pairs.append((text_model, get_text_encoder))
+        columns = [(model, encoder().dimensions, encoder) for model, encoder in pairs]
     except ImproperlyConfigured:
         return []  # reported by E005
-    table = model._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT a.atttypmod FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) "
-            "AND a.attname = 'embedding' AND NOT a.attisdropped",
-            [table],
+    messages = []
+    for model, expected, encoder in columns:
+        table = model._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT a.atttypmod FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) "
+                "AND a.attname = 'embedding' AND NOT a.attisdropped",
+                [table],
+            )
+            row = cursor.fetchone()
+        if row is None or row[0] == expected:
+            continue  # not migrated yet, or matching
+        option = " --texts" if encoder is get_text_encoder else ""
+        messages.append(
+            Error(
+                f"{table}.embedding stores {row[0]}-d vectors but the configured encoder "
+                f"({encoder().model_id}) produces {expected}-d vectors.",
+                hint=f"Run `manage.py visualsearch_reindex --resize{option}` to resize the column "
+                "(existing vectors are dropped and re-embedded), or configure the former encoder.",
+                id="visualsearch.E004",
+            )
         )
-        row = cursor.fetchone()
-    if row is None or row[0] == expected:
-        return []  # not migrated yet, or matching
-    return [
-        Error(
-            f"{table}.embedding stores {row[0]}-d vectors but the configured encoder "
-            f"({get_encoder().model_id}) produces {expected}-d vectors.",
-            hint="Run `manage.py visualsearch_reindex --resize` to resize the column "
-            "(existing vectors are dropped and re-embedded), or configure the former encoder.",
-            id="visualsearch.E004",
-        )
-    ]
+    return messages

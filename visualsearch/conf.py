@@ -68,10 +68,25 @@ DEFAULTS: dict[str, Any] = {
     "API_THROTTLE_CLASSES": ["visualsearch.api.throttling.SearchRateThrottle"],
     # Requests per client (user, else address) for the throttle above, DRF's "N/period" form.
     "API_THROTTLE_RATE": "120/minute",
+    # Text search over product names and descriptions (None: off). "app_label.ModelName" of
+    # the host's product-text model (it includes EmbeddedText, one row per product).
+    "TEXT_MODEL": None,
+    # Product fields (or ``__`` paths such as "category__name") read by text search. The
+    # first is weighted highest in full-text ranking.
+    "TEXT_FIELDS": ["name", "description"],
+    # Dotted path of the text encoder class and keyword arguments for it.
+    "TEXT_ENCODER": "visualsearch.encoders.text.SentenceTransformerTextEncoder",
+    "TEXT_ENCODER_OPTIONS": {},
+    # Postgres text search configuration (stemming, stop words) of the full-text ranking.
+    "TEXT_SEARCH_CONFIG": "english",
+    # Reciprocal rank fusion: score = sum of 1 / (RRF_K + rank) over the rankings fused,
+    # each ranking cut after RRF_CANDIDATES products.
+    "RRF_K": 60,
+    "RRF_CANDIDATES": 100,
 }
 
 # Settings that hold dotted paths, resolved on access under the name with "_CLASS" appended.
-IMPORT_STRINGS = {"ENCODER"}
+IMPORT_STRINGS = {"ENCODER", "TEXT_ENCODER"}
 
 
 class VisualSearchSettings:
@@ -130,9 +145,10 @@ visualsearch_settings = VisualSearchSettings()
 def _reload(*, setting: str, **kwargs: Any) -> None:
     if setting == "VISUALSEARCH":
         visualsearch_settings.reload()
-        from visualsearch.encoders import get_encoder
+        from visualsearch.encoders import get_encoder, get_text_encoder
 
         get_encoder.cache_clear()
+        get_text_encoder.cache_clear()
 
 
 setting_changed.connect(_reload, dispatch_uid="visualsearch.conf.reload")
@@ -178,3 +194,39 @@ def get_product_model() -> type:
             f'VISUALSEARCH["PRODUCT_FIELD"] = {name!r} must be a ForeignKey to the product model.'
         )
     return field.related_model
+
+
+def get_text_model() -> type | None:
+    """The host's product-text model named by ``VISUALSEARCH["TEXT_MODEL"]``; None when unset.
+
+    It must include ``visualsearch.models.EmbeddedText`` and link to the product model with a
+    one-to-one field named ``PRODUCT_FIELD``.
+    """
+    from django.apps import apps
+
+    label = visualsearch_settings.TEXT_MODEL
+    if not label:
+        return None
+    try:
+        model = apps.get_model(label, require_ready=False)
+    except (ValueError, LookupError) as exc:
+        raise ImproperlyConfigured(
+            f'VISUALSEARCH["TEXT_MODEL"] = {label!r} is not an installed model: {exc}'
+        ) from exc
+    from visualsearch.models import EmbeddedText
+
+    if not issubclass(model, EmbeddedText):
+        raise ImproperlyConfigured(
+            f'VISUALSEARCH["TEXT_MODEL"] = {label!r} must inherit visualsearch.models.EmbeddedText.'
+        )
+    name = visualsearch_settings.PRODUCT_FIELD
+    try:
+        field = model._meta.get_field(name)
+    except Exception:
+        field = None
+    if field is None or not field.one_to_one or field.related_model is not get_product_model():
+        raise ImproperlyConfigured(
+            f'VISUALSEARCH["TEXT_MODEL"] = {label!r} needs a OneToOneField {name!r} '
+            "(PRODUCT_FIELD) to the product model."
+        )
+    return model

@@ -19,7 +19,8 @@ _deferred = threading.local()
 
 @contextmanager
 def deferred_embedding() -> Iterator[None]:
-    """Inside this block changed images are marked ``pending`` but not enqueued.
+    """Inside this block changed images are marked ``pending`` but not enqueued, and product
+    texts are left alone.
 
     For bulk imports: run ``manage.py visualsearch_reindex`` afterwards (inline, in large
     batches), or leave the rows to the periodic sweep. Nests; applies to this thread only.
@@ -57,6 +58,29 @@ def image_saved(
         instance.embedding_error = ""
         instance.embedding_updated_at = now
     schedule(sender, instance.pk)
+
+
+def product_saved(
+    sender: type, instance: Any, raw: bool, update_fields: Any, **kwargs: Any
+) -> None:
+    """``post_save`` of products: re-index the product's words for text search.
+
+    Does nothing unless ``TEXT_MODEL`` is set, on ``raw`` saves, inside
+    :func:`deferred_embedding` (the reindex command or the sweep catch up), and when
+    ``update_fields`` leaves out every field that ``TEXT_FIELDS`` read. The full-text vector
+    is written now, in the saving transaction; a product whose words changed is embedded
+    after commit.
+    """
+    if raw or not visualsearch_settings.TEXT_MODEL or getattr(_deferred, "depth", 0):
+        return
+    from visualsearch.conf import get_text_model
+    from visualsearch.texts import local_fields, sync_texts
+
+    if update_fields is not None and not local_fields() & set(update_fields):
+        return
+    model = get_text_model()
+    for pk in sync_texts([instance.pk]):
+        schedule(model, pk)
 
 
 def schedule(model: type, pk: Any) -> None:

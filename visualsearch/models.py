@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from django.contrib.postgres.indexes import OpClass
+from django.contrib.postgres.indexes import GinIndex, OpClass
+from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from django.db.models.functions import Cast
 from django.utils import timezone
@@ -58,15 +59,32 @@ class EmbeddingField(VectorField):
         return name, "visualsearch.models.EmbeddingField", args, kwargs
 
 
+def configured_text_dimensions() -> int:
+    """Vector length of the configured text encoder, known without loading its weights."""
+    from visualsearch.encoders import get_text_encoder
+
+    return get_text_encoder().dimensions
+
+
+class TextEmbeddingField(EmbeddingField):
+    """A ``vector`` column sized by the text encoder (``VISUALSEARCH["TEXT_ENCODER"]``)."""
+
+    def __init__(self, *args: Any, dimensions: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, dimensions=dimensions or configured_text_dimensions(), **kwargs)
+
+    def deconstruct(self) -> tuple[str, str, list[Any], dict[str, Any]]:
+        name, _path, args, kwargs = super().deconstruct()
+        return name, "visualsearch.models.TextEmbeddingField", args, kwargs
+
+
 class EmbeddingQuerySet(models.QuerySet):
     """Similarity as ordinary, chainable queryset methods."""
 
     def ready(self) -> EmbeddingQuerySet:
         """Rows with a vector from the active encoder (never mixes two models' vectors)."""
-        from visualsearch.encoders import get_encoder
-
         return self.filter(
-            embedding_status=EmbeddingStatus.READY, embedding_model=get_encoder().model_id
+            embedding_status=EmbeddingStatus.READY,
+            embedding_model=self.model.embedding_encoder().model_id,
         )
 
     def nearest(self, vector: np.ndarray | list[float]) -> EmbeddingQuerySet:
@@ -135,6 +153,76 @@ class EmbeddedImage(models.Model):
             image_hnsw_index(),
             models.Index(fields=["embedding_status", "embedding_model"], name="%(class)s_vs_st"),
         ]
+
+    @classmethod
+    def embedding_encoder(cls) -> Any:
+        """The encoder whose vectors this model stores: the image ``ENCODER``."""
+        from visualsearch.encoders import get_encoder
+
+        return get_encoder()
+
+
+class EmbeddedText(models.Model):
+    """Abstract base for the host's product-text model: one row per product, for text search.
+
+    Holds the product's words twice: as a ``tsvector`` for full-text search (GIN index,
+    written whenever the product is saved) and as a vector of the text encoder (HNSW index,
+    written by a worker). The host adds the one-to-one link to its product::
+
+        class ProductText(EmbeddedText):
+            product = models.OneToOneField(Product, related_name="text", on_delete=CASCADE)
+
+            class Meta(EmbeddedText.Meta):
+                pass
+    """
+
+    embedding = TextEmbeddingField()
+    embedding_model = models.CharField(
+        "encoder model", max_length=200, blank=True, default="", editable=False
+    )
+    embedding_hash = models.CharField(
+        "embedded text hash", max_length=64, blank=True, default="", editable=False
+    )
+    embedding_status = models.CharField(
+        "embedding status",
+        max_length=16,
+        choices=EmbeddingStatus.choices,
+        default=EmbeddingStatus.PENDING,
+        editable=False,
+    )
+    embedding_error = models.TextField("embedding error", blank=True, default="", editable=False)
+    embedded_at = models.DateTimeField("embedded at", null=True, blank=True, editable=False)
+    embedding_updated_at = models.DateTimeField(
+        "embedding status changed", default=timezone.now, editable=False
+    )
+    # Hash of the fields, search configuration and words the search vector was built from.
+    text_hash = models.CharField(
+        "indexed text hash", max_length=64, blank=True, default="", editable=False
+    )
+    search_vector = SearchVectorField("full-text search vector", null=True, editable=False)
+
+    objects = EmbeddingQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+        indexes = [
+            HnswIndex(
+                name="%(class)s_hnsw",
+                fields=["embedding"],
+                opclasses=["vector_cosine_ops"],
+                m=visualsearch_settings.HNSW_M,
+                ef_construction=visualsearch_settings.HNSW_EF_CONSTRUCTION,
+            ),
+            GinIndex(fields=["search_vector"], name="%(class)s_fts"),
+            models.Index(fields=["embedding_status", "embedding_model"], name="%(class)s_vs_st"),
+        ]
+
+    @classmethod
+    def embedding_encoder(cls) -> Any:
+        """The encoder whose vectors this model stores: the ``TEXT_ENCODER``."""
+        from visualsearch.encoders import get_text_encoder
+
+        return get_text_encoder()
 
 
 class VisualSearch(models.Model):

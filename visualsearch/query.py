@@ -70,10 +70,12 @@ def search_by_image(
 
 
 def search_by_text(text: str, k: int = 8, *, queryset: Any = None, **filters: Any) -> list:
-    """Products whose images match the description ``text`` (CLIP's text tower).
+    """Products matching the description ``text``: hybrid text search when ``TEXT_MODEL`` is
+    set (fused with CLIP's reading where the image encoder has a text tower), else CLIP's
+    text tower alone.
 
-    Raises ``TextEncodingNotSupported`` when the configured encoder has no text tower, and
-    ``ValueError`` for an empty query.
+    Raises ``TextEncodingNotSupported`` when neither is configured, and ``ValueError`` for
+    an empty query.
     """
     if not (text or "").strip():
         raise ValueError("The search text is empty.")
@@ -88,17 +90,24 @@ def search(
     queryset: Any = None,
     **filters: Any,
 ) -> list:
-    """Products matching a photo, a description, or both (their vectors averaged).
+    """Products matching a photo, a description, or both.
 
-    Needs at least one of the two; ``TextEncodingNotSupported`` when ``text`` is given and
-    the encoder has no text tower.
+    Without text search (``TEXT_MODEL`` unset) the description is read by the image encoder's
+    text tower (CLIP) and its vector averaged with the photo's. With text search on, the
+    description is ranked by hybrid text search (``visualsearch.hybrid``), and the image
+    ranking (the photo's, and CLIP's reading of the words where it has a text tower) is fused
+    with it by reciprocal rank fusion; results then carry ``score`` too.
+
+    Needs at least one of the two; ``TextEncodingNotSupported`` when ``text`` is given but
+    neither text search nor a text tower is configured.
     """
     text = (text or "").strip()
     if image is None and not text:
         raise ValueError("Give a photo or a description to search with.")
     encoder = get_encoder()
+    hybrid = bool(text) and bool(visualsearch_settings.TEXT_MODEL)
     vectors = []
-    if text:
+    if text and (encoder.supports_text or not hybrid):
         if not encoder.supports_text:
             encoder.encode_texts([text])  # raises TextEncodingNotSupported with the reason
         vectors.append(encoder.encode_texts([text])[0])
@@ -110,7 +119,11 @@ def search(
                 max_pixels=visualsearch_settings.MAX_IMAGE_PIXELS,
             )
         vectors.append(encoder.encode_images([image])[0])
-    query = l2_normalize(np.sum(np.stack(vectors), axis=0, keepdims=True))[0]
+    query = l2_normalize(np.sum(np.stack(vectors), axis=0, keepdims=True))[0] if vectors else None
+    if hybrid:
+        from visualsearch.hybrid import hybrid_search
+
+        return hybrid_search(text, k, vector=query, queryset=queryset, **filters)
     return nearest_products(query, k, queryset=queryset, **filters)
 
 

@@ -13,7 +13,7 @@ from django.db import DataError, InterfaceError, OperationalError
 from django.db.models import Q
 from django.utils import timezone
 
-from visualsearch.conf import get_image_model, visualsearch_settings
+from visualsearch.conf import get_image_model, get_text_model, visualsearch_settings
 from visualsearch.models import EmbeddingStatus
 
 logger = logging.getLogger(__name__)
@@ -25,35 +25,67 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError, OSError)
 @shared_task(bind=True, name="visualsearch.embed_images", acks_late=True, ignore_result=True)
 def embed_images_task(self, app_label: str, model_name: str, pks: list, force: bool = False) -> str:
     """Embed the given image rows; retry transient failures with exponential backoff."""
-    from visualsearch.pipeline import embed_images, mark_failed
+    from visualsearch.pipeline import embed_images
+
+    return _run(self, embed_images, app_label, model_name, pks, force)
+
+
+@shared_task(bind=True, name="visualsearch.embed_texts", acks_late=True, ignore_result=True)
+def embed_texts_task(self, app_label: str, model_name: str, pks: list, force: bool = False) -> str:
+    """Embed the given product-text rows; retries like :func:`embed_images_task`."""
+    from visualsearch.texts import embed_texts
+
+    return _run(self, embed_texts, app_label, model_name, pks, force)
+
+
+def _run(task, embed, app_label: str, model_name: str, pks: list, force: bool) -> str:
+    """Run ``embed`` on the rows; record refused vectors, retry transient errors with backoff."""
+    from visualsearch.pipeline import mark_failed
 
     model = apps.get_model(app_label, model_name)
     try:
-        return str(embed_images(pks, model=model, force=force))
+        return str(embed(pks, model=model, force=force))
     except DataError as exc:  # the database refuses the vector: retrying cannot help
         mark_failed(model, pks, f"The database rejected the vector: {exc}".strip())
         return f"{len(pks)} failed: {exc}"
     except TRANSIENT_ERRORS as exc:
         max_retries = visualsearch_settings.TASK_MAX_RETRIES
-        if self.request.retries >= max_retries:
+        if task.request.retries >= max_retries:
             logger.error("visualsearch: giving up on %s, rows stay pending: %s", pks, exc)
             raise
         countdown = min(
-            2 ** (self.request.retries + 1), visualsearch_settings.TASK_RETRY_BACKOFF_MAX
+            2 ** (task.request.retries + 1), visualsearch_settings.TASK_RETRY_BACKOFF_MAX
         )
         logger.warning("visualsearch: transient error on %s, retry in %ss: %s", pks, countdown, exc)
-        raise self.retry(exc=exc, countdown=countdown, max_retries=max_retries) from exc
+        raise task.retry(exc=exc, countdown=countdown, max_retries=max_retries) from exc
 
 
 @shared_task(name="visualsearch.sweep_pending", ignore_result=True)
 def sweep_pending() -> int:
-    """Re-enqueue rows left ``pending`` (broker was down, task lost) and ``stale`` rows."""
+    """Re-enqueue rows left ``pending`` (broker was down, task lost) and ``stale`` rows.
+
+    Covers the image model and, when text search is on, the product-text model.
+    """
     from visualsearch.pipeline import mark_stale
+    from visualsearch.texts import mark_stale_texts, products_without_text, sync_texts
 
     model = get_image_model()
     mark_stale(model)
+    sent = enqueue(model, _left_over(model))
+    text_model = get_text_model()
+    if text_model is not None:
+        mark_stale_texts()
+        missing = products_without_text()  # saved inside deferred_embedding()
+        new = []
+        for start in range(0, len(missing), 1000):
+            new += sync_texts(missing[start : start + 1000])
+        sent += enqueue(text_model, new + _left_over(text_model))
+    return sent
+
+
+def _left_over(model: type) -> list:
     cutoff = timezone.now() - timedelta(seconds=visualsearch_settings.SWEEP_PENDING_AFTER)
-    pks = list(
+    return list(
         model._base_manager.filter(
             Q(embedding_status=EmbeddingStatus.PENDING, embedding_updated_at__lt=cutoff)
             | Q(embedding_status=EmbeddingStatus.STALE)
@@ -61,7 +93,6 @@ def sweep_pending() -> int:
         .order_by("pk")
         .values_list("pk", flat=True)
     )
-    return enqueue(model, pks)
 
 
 def enqueue(
@@ -72,19 +103,22 @@ def enqueue(
     A broker that cannot be reached is logged, not raised: the rows stay ``pending`` and the
     sweep (or ``visualsearch_reindex``) picks them up later, so a page save never fails on it.
     """
+    from visualsearch.models import EmbeddedText
+
     batch_size = batch_size or visualsearch_settings.BATCH_SIZE
+    task = embed_texts_task if issubclass(model, EmbeddedText) else embed_images_task
     pks = list(pks)
     sent = 0
     for start in range(0, len(pks), batch_size):
         batch: Sequence = pks[start : start + batch_size]
         try:
-            embed_images_task.apply_async(
+            task.apply_async(
                 args=(model._meta.app_label, model._meta.model_name, list(batch), force),
                 queue=visualsearch_settings.QUEUE,
             )
         except Exception as exc:  # kombu raises several types when the broker is down
             logger.error(
-                "visualsearch: could not enqueue %d image(s), they stay pending: %s",
+                "visualsearch: could not enqueue %d row(s), they stay pending: %s",
                 len(pks) - start,
                 exc,
             )
@@ -106,3 +140,12 @@ def warm_up_encoder(**kwargs: object) -> None:
         logger.info("visualsearch: %r loaded", encoder)
     except Exception:  # a broken model must not stop the worker; tasks will report it
         logger.exception("visualsearch: could not load the encoder")
+    if visualsearch_settings.TEXT_MODEL:
+        from visualsearch.encoders import get_text_encoder
+
+        try:
+            text_encoder = get_text_encoder()
+            text_encoder.warm_up()
+            logger.info("visualsearch: %r loaded", text_encoder)
+        except Exception:
+            logger.exception("visualsearch: could not load the text encoder")

@@ -1,9 +1,9 @@
-"""The demo catalog: categories, products and their images (embedded by visualsearch)."""
+"""The demo catalog: categories, products, their images and texts (embedded by visualsearch)."""
 
 from django.db import models
 from django.urls import reverse
 
-from visualsearch.models import EmbeddedImage
+from visualsearch.models import EmbeddedImage, EmbeddedText
 
 
 class Category(models.Model):
@@ -66,3 +66,16 @@ class ProductImage(EmbeddedImage):
 
     def __str__(self) -> str:
         return f"{self.product} #{self.position}"
+
+
+class ProductText(EmbeddedText):
+    """The product's words for text search (``VISUALSEARCH["TEXT_MODEL"]``), kept in sync by
+    visualsearch."""
+
+    product = models.OneToOneField(Product, related_name="text", on_delete=models.CASCADE)
+
+    class Meta(EmbeddedText.Meta):
+        verbose_name = "product text"
+
+    def __str__(self) -> str:
+        return f"Text of {self.product_id}"

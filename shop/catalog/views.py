@@ -1,9 +1,9 @@
 from django import forms
 from django.core.paginator import Paginator
-from django.db.models import Prefetch, Q
+from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404, render
 
-from visualsearch.encoders import get_encoder
+from visualsearch.encoders import TextEncodingNotSupported
 from visualsearch.forms import ImageSearchForm
 from visualsearch.images import preview_data_url
 from visualsearch.query import search
@@ -66,18 +66,9 @@ def search_page(request):
         filters = {}
         if form.cleaned_data["category"]:
             filters["category"] = form.cleaned_data["category"]
-        if text and not get_encoder().supports_text:
-            # No text tower (the offline encoder): the words narrow the products by name.
-            matches = _keyword_matches(text)
-            filters["pk__in"] = matches.values("pk")
-            context["notice"] = (
-                "This shop's image model cannot read descriptions, so the words were matched "
-                "against product names and descriptions."
-            )
-            text = ""
-            if picture is None:
-                context["results"] = list(_with_images(matches.filter(**filters))[:SEARCH_RESULTS])
-        if context["results"] is None:
+        try:
+            # With text search on, the words are ranked by full-text and MiniLM vectors
+            # together, and fused with the photo's ranking when there is one.
             context["results"] = search(
                 image=picture,
                 text=text,
@@ -85,14 +76,19 @@ def search_page(request):
                 queryset=_with_images(Product.objects.all()),
                 **filters,
             )
+        except TextEncodingNotSupported:
+            context["notice"] = "This shop cannot search by description yet" + (
+                ", so the photo alone was used." if picture is not None else "."
+            )
+            context["results"] = []
+            if picture is not None:
+                context["results"] = search(
+                    image=picture,
+                    k=SEARCH_RESULTS,
+                    queryset=_with_images(Product.objects.all()),
+                    **filters,
+                )
         if picture is not None:
             context["query_thumbnail"] = preview_data_url(picture, side=160)
     status = 400 if bound and form.errors else 200
     return render(request, "catalog/search.html", context, status=status)
-
-
-def _keyword_matches(text):
-    condition = Q()
-    for word in text.split()[:10]:
-        condition &= Q(name__icontains=word) | Q(description__icontains=word)
-    return Product.objects.filter(condition)

@@ -154,7 +154,12 @@ class SearchResultSerializer(serializers.Serializer):
         max_digits=None, decimal_places=None, read_only=True, allow_null=True
     )
     score = serializers.FloatField(
-        read_only=True, help_text="Cosine similarity of the best-matching image, 1 is identical."
+        read_only=True,
+        help_text=(
+            "Cosine similarity of the best-matching image, 1 is identical; for hybrid text "
+            "searches the reciprocal-rank-fusion score scaled to 1 for a product ranked first "
+            "by every ranking fused."
+        ),
     )
 
     def to_representation(self, product: Any) -> dict[str, Any]:

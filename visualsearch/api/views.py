@@ -138,8 +138,10 @@ class TextSearchView(VisualSearchAPIView):
         operation_id="visualsearch_search_text",
         summary="Search products by description",
         description=(
-            "Products whose images match the description, best first. Needs an encoder with a "
-            "text tower (CLIP); with an image-only encoder the answer is a 400 saying so."
+            "Products matching the description, best first: hybrid text search (full-text "
+            "and text vectors of product names and descriptions, fused by reciprocal rank) "
+            "where a text model is configured, else the image encoder's text tower (CLIP). "
+            "With neither, the answer is a 400 saying so."
         ),
         parameters=[TextSearchSerializer],
         responses={200: SearchResultsSerializer, 400: VALIDATION_ERROR, **ERROR_RESPONSES},

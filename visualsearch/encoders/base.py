@@ -41,7 +41,8 @@ class BaseEncoder:
         """Encode texts into the image space; raises ``TextEncodingNotSupported`` by default."""
         raise TextEncodingNotSupported(
             f"The {type(self).__name__} encoder ({self.model_id}) has no text tower: "
-            "configure a CLIP encoder to search by text."
+            "configure a CLIP encoder, or a text model (VISUALSEARCH['TEXT_MODEL']), to search "
+            "by text."
         )
 
     def derive(self, vector: np.ndarray, model_id: str) -> np.ndarray | None:
@@ -62,6 +63,33 @@ class BaseEncoder:
         except Exception:  # e.g. an adapted encoder whose projection is not trained yet
             model_id = "(not ready)"
         return f"<{type(self).__name__} {model_id} ({self.dimensions}-d)>"
+
+
+class BaseTextEncoder:
+    """Base class of text encoders (product texts and queries, a space of their own).
+
+    Subclasses set ``dimensions`` without loading weights, return a stable ``model_id`` and
+    implement ``encode_texts``. Used by text search (``VISUALSEARCH["TEXT_ENCODER"]``).
+    """
+
+    #: Length of the vectors this encoder returns.
+    dimensions: int = 0
+
+    @property
+    def model_id(self) -> str:
+        """Identifier stored beside every text vector; vectors of other ids are never mixed."""
+        raise NotImplementedError
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode texts into an ``(n, dimensions)`` float32 array of unit-length rows."""
+        raise NotImplementedError
+
+    def warm_up(self) -> None:
+        """Load the model now (worker start) rather than on the first text."""
+        self.encode_texts(["warm up"])
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.model_id} ({self.dimensions}-d)>"
 
 
 def l2_normalize(rows: np.ndarray) -> np.ndarray:

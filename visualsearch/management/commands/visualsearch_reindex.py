@@ -1,5 +1,9 @@
 """``manage.py visualsearch_reindex``: embed what is missing, stale or everything.
 
+Images first, then, when text search is on (``TEXT_MODEL``), product texts: every product's
+words are re-read (missing text rows created, changed ones re-indexed for full-text search)
+and the rows that need it are embedded. ``--images`` or ``--texts`` limits the run to one.
+
 Works in batches in primary-key order; every batch is committed, so an interrupted run
 loses nothing and the next run continues with the rows still left (``--all`` prints the
 ``--start-after`` value to resume from).
@@ -15,11 +19,12 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from tqdm import tqdm
 
-from visualsearch.conf import get_image_model, visualsearch_settings
-from visualsearch.encoders import get_encoder
+from visualsearch.conf import get_image_model, get_text_model, visualsearch_settings
+from visualsearch.encoders import get_encoder, get_text_encoder
 from visualsearch.models import EmbeddingStatus
 from visualsearch.pipeline import embed_images, mark_stale
 from visualsearch.tasks import enqueue
+from visualsearch.texts import embed_texts, mark_stale_texts, product_batches, sync_texts
 
 
 class Command(BaseCommand):
@@ -43,44 +48,80 @@ class Command(BaseCommand):
             help="resize the vector column to the encoder's size first (drops stored vectors)",
         )
         parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+        only = parser.add_mutually_exclusive_group()
+        only.add_argument("--images", action="store_true", help="images only")
+        only.add_argument("--texts", action="store_true", help="product texts only")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        model = get_image_model()
         batch_size = options["batch_size"]
         if batch_size is None:
             batch_size = visualsearch_settings.BATCH_SIZE
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
-        if options["resize"]:
-            self._resize(model)
         if not any(options[name] for name in ("missing", "stale", "failed", "all")):
             options["missing"] = options["stale"] = True
+        text_model = get_text_model()
+        if options["texts"] and text_model is None:
+            raise CommandError('--texts: text search is off (VISUALSEARCH["TEXT_MODEL"]).')
+        if not options["texts"]:
+            self._images(get_image_model(), batch_size, options)
+        if text_model is not None and not options["images"]:
+            self._texts(text_model, batch_size, options)
+
+    def _images(self, model: type, batch_size: int, options: dict) -> None:
+        if options["resize"]:
+            self._resize(model, get_encoder().dimensions)
         stale = mark_stale(model)
         if stale:
             self.stdout.write(f"Marked {stale} row(s) embedded by another model as stale.")
+        pks = self._pks(model, options)
+        self.stdout.write(f"{len(pks)} image(s) to embed with {get_encoder().model_id}.")
+        self._embed(model, pks, embed_images, "image", batch_size, options)
 
+    def _texts(self, model: type, batch_size: int, options: dict) -> None:
+        if options["resize"]:
+            self._resize(model, get_text_encoder().dimensions)
+        changed = sum(len(sync_texts(batch)) for batch in product_batches())
+        if changed:
+            self.stdout.write(f"Indexed the words of {changed} new or changed product(s).")
+        stale = mark_stale_texts()
+        if stale:
+            self.stdout.write(f"Marked {stale} text(s) embedded by another model as stale.")
+        pks = self._pks(model, options)
+        model_id = get_text_encoder().model_id
+        self.stdout.write(f"{len(pks)} product text(s) to embed with {model_id}.")
+        self._embed(model, pks, embed_texts, "text", batch_size, options)
+
+    def _pks(self, model: type, options: dict) -> list:
         rows = self._select(model, options)
         if options["start_after"] is not None:
             rows = rows.filter(pk__gt=options["start_after"])
-        pks = list(rows.order_by("pk").values_list("pk", flat=True))
-        encoder = get_encoder()
-        self.stdout.write(f"{len(pks)} image(s) to embed with {encoder.model_id}.")
+        return list(rows.order_by("pk").values_list("pk", flat=True))
+
+    def _embed(
+        self, model: type, pks: list, embed: Any, unit: str, batch_size: int, options: dict
+    ) -> None:
         if not pks:
             return
         if options["enqueue"]:
             sent = enqueue(model, pks, force=options["all"], batch_size=batch_size)
-            self.stdout.write(f"Enqueued {sent} image(s) in batches of {batch_size}.")
+            self.stdout.write(f"Enqueued {sent} {unit}(s) in batches of {batch_size}.")
             if sent < len(pks):
                 raise CommandError("The broker could not be reached; the rest stay pending.")
             return
 
         totals = {"ready": 0, "reused": 0, "skipped": 0, "failed": 0}
         last = None
-        bar = tqdm(total=len(pks), unit="img", disable=options["no_progress"], file=self.stderr)
+        bar = tqdm(
+            total=len(pks),
+            unit="img" if unit == "image" else unit,
+            disable=options["no_progress"],
+            file=self.stderr,
+        )
         try:
             for start in range(0, len(pks), batch_size):
                 batch = pks[start : start + batch_size]
-                result = embed_images(batch, model=model, force=options["all"])
+                result = embed(batch, model=model, force=options["all"])
                 for key in totals:
                     value = getattr(result, key)
                     totals[key] += len(value)
@@ -114,8 +155,7 @@ class Command(BaseCommand):
             condition |= Q(embedding_status=EmbeddingStatus.FAILED)
         return rows.filter(condition)
 
-    def _resize(self, model: type) -> None:
-        dimensions = get_encoder().dimensions
+    def _resize(self, model: type, dimensions: int) -> None:
         table = connection.ops.quote_name(model._meta.db_table)
         with transaction.atomic():
             with connection.cursor() as cursor:

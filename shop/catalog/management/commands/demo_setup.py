@@ -1,5 +1,8 @@
 """``manage.py demo_setup``: an admin user, the demo catalog, and its embeddings.
 
+Embeddings are the image vectors and, with text search on (the demo's settings), the
+product texts: full-text vectors and MiniLM vectors of names and descriptions.
+
 The catalog is ``../shared/data/fashion-products`` when present (6,573 real product photos),
 otherwise a small generated one (coloured shapes), or the CSV named by ``--csv``.
 """
@@ -24,7 +27,7 @@ SHAPES = {"Round bags": "ellipse", "Square scarves": "rectangle", "Striped shirt
 
 
 class Command(BaseCommand):
-    help = "Create the demo admin user, import the demo catalog and embed it."
+    help = "Create the demo admin user, import the demo catalog and embed its images and texts."
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--csv", type=Path, help="catalog CSV to import instead")
