@@ -2,7 +2,8 @@
 
 Used by the Celery task, the reindex command (inline) and anything else that embeds. It is
 idempotent: a row whose file content (SHA-256) and encoder model id match its stored vector
-is not encoded again, and content seen in another ready row reuses that row's vector.
+is not encoded again, and content seen in another ready row reuses that row's vector (also
+when two workers get the same new content at once: the second waits for the first's vector).
 """
 
 from __future__ import annotations
@@ -116,23 +117,27 @@ def embed_images(pks: Iterable, *, model: type | None = None, force: bool = Fals
         # and a batch holds at most BATCH_SIZE images of 1024 pixels a side.
         work.append((row, fieldfile.name, digest, fit_for_encoder(image)))
 
-    if not force and work:
-        known = _vectors_by_hash(model, {digest for _, _, digest, _ in work}, encoder.model_id)
-        for row, name, digest, _image in [item for item in work if item[2] in known]:
-            _write(model, row.pk, name, known[digest], digest, encoder.model_id)
-            result.reused.append(row.pk)
-        work = [item for item in work if item[2] not in known]
-
     if work:
-        # Identical content inside the batch is encoded once.
-        unique: dict[str, int] = {}
-        images = []
-        for _row, _name, digest, image in work:
-            if digest not in unique:
-                unique[digest] = len(images)
-                images.append(image)
-        vectors = encoder.encode_images(images)
-        with transaction.atomic():
+        # From the look-up of known vectors to the write, one transaction holding a lock per
+        # content hash: a worker given content that another one is encoding right now waits
+        # for it, then reuses its vector (one photo uploaded twice at once is encoded once).
+        using = router.db_for_write(model)
+        with transaction.atomic(using=using):
+            _lock_contents(using, {digest for _, _, digest, _ in work})
+            if not force:
+                known = _vectors_by_hash(model, {item[2] for item in work}, encoder.model_id)
+                for row, name, digest, _image in [item for item in work if item[2] in known]:
+                    _write(model, row.pk, name, known[digest], digest, encoder.model_id)
+                    result.reused.append(row.pk)
+                work = [item for item in work if item[2] not in known]
+            # Identical content inside the batch is encoded once.
+            unique: dict[str, int] = {}
+            images = []
+            for _row, _name, digest, image in work:
+                if digest not in unique:
+                    unique[digest] = len(images)
+                    images.append(image)
+            vectors = encoder.encode_images(images) if images else []
             for row, name, digest, _image in work:
                 if _write(model, row.pk, name, vectors[unique[digest]], digest, encoder.model_id):
                     result.ready.append(row.pk)
@@ -140,6 +145,17 @@ def embed_images(pks: Iterable, *, model: type | None = None, force: bool = Fals
         cache.invalidate()
     logger.debug("visualsearch: %s (%s)", result, encoder.model_id)
     return result
+
+
+def _lock_contents(using: str, digests: set[str]) -> None:
+    """Take a transaction-level advisory lock per content hash (SHA-256, first 64 bits),
+    in ascending order so that two batches sharing contents cannot deadlock."""
+    keys = sorted(
+        int.from_bytes(bytes.fromhex(digest[:16]), "big", signed=True) for digest in digests
+    )
+    with connections[using].cursor() as cursor:
+        for key in keys:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
 
 
 def _vectors_by_hash(model: type, digests: set[str], model_id: str) -> dict[str, np.ndarray]:

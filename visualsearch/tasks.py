@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
@@ -128,8 +129,29 @@ def enqueue(
 
 
 @worker_process_init.connect(dispatch_uid="visualsearch.warm_up")
+def start_warm_up(**kwargs: object) -> None:
+    """Load the encoder in each new worker process (after the fork, never before it), in a
+    thread of that process.
+
+    Celery kills a pool process that has not reported for work ``worker_proc_alive_timeout``
+    (4 s) after it started, and starts another: loading torch and a model inside this signal
+    took longer, so a pool process that died (killed, out of memory) was replaced over and
+    over and the worker never took a task again. A task that arrives during the load waits
+    for it (encoders load under a lock).
+    """
+    if not visualsearch_settings.WARM_UP_WORKERS:
+        return
+    from visualsearch.encoders import get_encoder
+
+    try:
+        get_encoder()  # built here (no weights), so that tasks share the one warmed up
+    except Exception:  # reported by warm_up_encoder and by the tasks
+        pass
+    threading.Thread(target=warm_up_encoder, name="visualsearch-warm-up", daemon=True).start()
+
+
 def warm_up_encoder(**kwargs: object) -> None:
-    """Load the encoder in each new worker process (after the fork, never before it)."""
+    """Load the encoders now rather than on the first task (logs what it loaded)."""
     from visualsearch.encoders import get_encoder
 
     if not visualsearch_settings.WARM_UP_WORKERS:
