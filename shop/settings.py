@@ -10,7 +10,9 @@ Everything that differs between a laptop and production comes from the environme
 ``IMPORT_ALLOW_PRIVATE_URLS``, ``MEDIA_ROOT`` and the encoder choice ``VISUALSEARCH_ENCODER``
 (``efficientnet`` — the default, offline, real ImageNet weights —, ``adapted`` — the same
 with the catalog projection at ``VISUALSEARCH_PROJECTION`` — or ``clip``) with
-``VISUALSEARCH_CLIP_MODEL`` (a hub name or a local sentence-transformers directory).
+``VISUALSEARCH_CLIP_MODEL`` (a hub name or a local sentence-transformers directory), and the
+search API's rate per client ``VISUALSEARCH_API_THROTTLE_RATE`` (DRF's ``N/period``, default
+``120/minute``).
 """
 
 import os
@@ -247,6 +249,9 @@ VISUALSEARCH = {
         "max_price": "price__lte",
     },
 }
+# Requests per client (user, else address) the search API answers; raised for load tests.
+if os.environ.get("VISUALSEARCH_API_THROTTLE_RATE"):
+    VISUALSEARCH["API_THROTTLE_RATE"] = os.environ["VISUALSEARCH_API_THROTTLE_RATE"]
 
 LOGGING = {
     "version": 1,

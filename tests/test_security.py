@@ -131,6 +131,20 @@ def test_each_https_setting_can_be_set_from_the_environment():
     }
 
 
+def test_the_api_throttle_rate_can_be_set_from_the_environment():
+    code = "from shop import settings as s; print(s.VISUALSEARCH.get('API_THROTTLE_RATE'))"
+
+    def rate(env: dict[str, str]) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", code], cwd=BASE_DIR, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert rate(production_env()) == "None"  # visualsearch's default, 120/minute
+    assert rate(production_env(VISUALSEARCH_API_THROTTLE_RATE="5/second")) == "5/second"
+
+
 def test_development_defaults_stay_on_plain_http():
     env = production_env(DJANGO_DEBUG="1")
     values = settings_under(env)
