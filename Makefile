@@ -10,7 +10,7 @@ BROWSER_PACKAGES := chromium chromium-driver fonts-liberation
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
-.PHONY: demo test install browsers lint worker clean-db
+.PHONY: demo test test-faults install browsers lint worker clean-db
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ browsers:
 
 test: $(VENV)/.installed browsers
 	$(VENV)/bin/pytest
+
+# Fault injection with real processes (Redis stopped, workers killed, Postgres restarted).
+test-faults: $(VENV)/.installed
+	$(VENV)/bin/pytest -m faults tests/test_faults.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

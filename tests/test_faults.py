@@ -40,7 +40,7 @@ from visualsearch.models import EmbeddingStatus
 from visualsearch.query import nearest_products
 from visualsearch.tasks import embed_images_task, enqueue
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 READY = EmbeddingStatus.READY
