@@ -280,22 +280,27 @@ def embedded_counts(results: list[str]) -> list[int]:
 
 @contextmanager
 def app_broker(url: str):
-    """Point this process's Celery app (publishing) at ``url``, then back."""
+    """Point this process's Celery app (publishing) at ``url``, then back.
+
+    The app's connection and producer pools come from kombu's registries, keyed by broker:
+    forgetting them makes the app fetch those of the other broker, and the session broker's
+    pools stay open for the tests that follow. Only the pools of ``url`` are closed.
+    """
     from shop.celery import app
 
-    def reset() -> None:
-        if app._pool is not None:
-            app._pool.force_close_all()
+    def forget() -> None:
         app._pool = None
         app.amqp._producer_pool = None
 
     old = app.conf.broker_url
-    reset()
+    forget()
     app.conf.broker_url = url
     try:
         yield app
     finally:
-        reset()
+        app.amqp.producer_pool.force_close_all()
+        app.pool.force_close_all()
+        forget()
         app.conf.broker_url = old
 
 
