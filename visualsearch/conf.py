@@ -68,6 +68,19 @@ DEFAULTS: dict[str, Any] = {
     "API_THROTTLE_CLASSES": ["visualsearch.api.throttling.SearchRateThrottle"],
     # Requests per client (user, else address) for the throttle above, DRF's "N/period" form.
     "API_THROTTLE_RATE": "120/minute",
+    # "Recommended for you" (visualsearch.recommend). Products per widget or API answer.
+    "RECOMMEND_SIZE": 8,
+    # Share of them that are exploration picks, 0..1 (tuned with bench/rounds_to_target.py),
+    # and how those are chosen: "diverse" (typical products of groups the shopper has not
+    # seen yet) or "random".
+    "RECOMMEND_EXPLORATION": 0.4,
+    "RECOMMEND_EXPLORATION_STRATEGY": "diverse",
+    # Viewed products the session keeps; their mean vector is the shopper's preference,
+    # counting only those within this cosine similarity of the latest view (0: all of them).
+    "RECOMMEND_HISTORY": 10,
+    "RECOMMEND_FOCUS": 0.7,
+    # Recommended products the session remembers so as not to show them again (0: none).
+    "RECOMMEND_SHOWN_MEMORY": 300,
     # Text search over product names and descriptions (None: off). "app_label.ModelName" of
     # the host's product-text model (it includes EmbeddedText, one row per product).
     "TEXT_MODEL": None,

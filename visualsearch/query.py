@@ -144,13 +144,17 @@ def nearest_products(
     ``hnsw.iterative_scan``, so filtered queries keep scanning until they have enough rows.
     When the index still comes back short, the query is repeated as an exact scan over the
     filtered rows, so ``k`` results come back whenever ``k`` exist. ``exact=True`` forces the
-    exact scan; ``exclude`` is a product to leave out.
+    exact scan. ``exclude`` is a product, or a list, set or tuple of product primary keys, to
+    leave out.
     """
     if k < 1:
         return []
     product_field = visualsearch_settings.PRODUCT_FIELD
     images = get_image_model().objects.ready()
-    if exclude is not None:
+    if isinstance(exclude, list | set | frozenset | tuple):
+        if exclude:
+            images = images.exclude(**{f"{product_field}__in": list(exclude)})
+    elif exclude is not None:
         images = images.exclude(**{product_field: exclude})
     if filters:
         images = images.filter(

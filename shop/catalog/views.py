@@ -7,6 +7,7 @@ from visualsearch.encoders import TextEncodingNotSupported
 from visualsearch.forms import ImageSearchForm
 from visualsearch.images import preview_data_url
 from visualsearch.query import search
+from visualsearch.recommend import record_view
 
 from .models import Category, Product, ProductImage
 
@@ -43,6 +44,7 @@ def product_list(request):
 
 def product_detail(request, slug):
     product = get_object_or_404(_with_images(Product.objects.all()), slug=slug)
+    record_view(request.session, product)  # "Recommended for you" learns from the views
     return render(request, "catalog/product_detail.html", {"product": product})
 
 

@@ -1,4 +1,5 @@
-"""Template tags: ``{% load visualsearch %}`` then ``{% similar_products product limit=8 %}``."""
+"""Template tags: ``{% load visualsearch %}`` then ``{% similar_products product limit=8 %}``
+or ``{% recommended_products request limit=8 %}``."""
 
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ from visualsearch.display import (
     thumbnail_url,
 )
 from visualsearch.query import similar_products as query_similar_products
+from visualsearch.recommend import SIMILAR, recommend_for_session
 
 logger = logging.getLogger(__name__)
 register = template.Library()
 
 DEFAULT_TEMPLATE = "visualsearch/similar_products.html"
+RECOMMENDED_TEMPLATE = "visualsearch/recommended_products.html"
 
 
 @register.simple_tag
@@ -65,20 +68,57 @@ def _render(product: Any, limit: int, template_name: str, title: str, filters: d
         return None
     if not products:
         return ""
-    items = [
-        {
-            "product": item,
-            "name": product_name(item),
-            "url": product_url(item),
-            "thumbnail": thumbnail_url(item),
-            "price": product_price(item),
-            "score": item.similarity,
-        }
-        for item in products
-    ]
+    items = [_item(item) for item in products]
     return render_to_string(
         template_name, {"product": product, "items": items, "title": title, "limit": limit}
     )
+
+
+@register.simple_tag
+def recommended_products(
+    request: Any,
+    limit: int | None = None,
+    template: str = RECOMMENDED_TEMPLATE,
+    title: str = "Recommended for you",
+    **filters: Any,
+) -> str:
+    """A grid of ``limit`` (``RECOMMEND_SIZE``) products for the shopper of ``request``.
+
+    Products near what the shopper viewed in this session, plus exploration picks; random
+    and diverse picks for a shopper with no history (see :mod:`visualsearch.recommend`).
+    Keyword arguments other than ``limit``, ``template`` and ``title`` filter the products.
+    Never cached (it depends on the session); the products shown are remembered in the
+    session so that the next page shows others. Renders nothing when the database query
+    fails (logged).
+    """
+    session = getattr(request, "session", None)
+    try:
+        products = recommend_for_session(session, None if limit is None else int(limit), **filters)
+        products = attach_thumbnails(products)
+    except DatabaseError:
+        logger.exception("visualsearch: recommendations could not be queried")
+        return ""
+    if not products:
+        return ""
+    items = [{**_item(item), "reason": item.recommendation} for item in products]
+    context = {
+        "items": items,
+        "title": title,
+        "limit": limit,
+        "personalised": any(item.recommendation == SIMILAR for item in products),
+    }
+    return mark_safe(render_to_string(template, context))
+
+
+def _item(product: Any) -> dict[str, Any]:
+    return {
+        "product": product,
+        "name": product_name(product),
+        "url": product_url(product),
+        "thumbnail": thumbnail_url(product),
+        "price": product_price(product),
+        "score": product.similarity,
+    }
 
 
 def _cache_key(pk: Any, limit: int, template_name: str, title: str, filters: dict) -> str:

@@ -1,0 +1,118 @@
+"""Spreading picks apart: maximal marginal relevance, and coverage of a random sample.
+
+Used by :mod:`visualsearch.recommend`. The functions work on unit vectors in numpy; the two
+queries that fetch vectors (for given products, or for a random sample of them) are here too.
+They read the vectors in pgvector's binary form (``vector_send``): parsing the text form of
+a few hundred 1280-d vectors in Python takes several times longer than the query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from django.db.models import BinaryField, F, Func
+
+from visualsearch.conf import get_image_model, visualsearch_settings
+
+
+def unit(matrix: np.ndarray) -> np.ndarray:
+    """Rows of ``matrix`` scaled to length 1 (zero rows stay zero)."""
+    matrix = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=-1, keepdims=True)
+    return matrix / np.where(norms > 0, norms, 1.0)
+
+
+def product_vectors(pks: Iterable[Any]) -> dict[Any, np.ndarray]:
+    """``{pk: unit vector}`` for those of the products ``pks`` that have a ready image.
+
+    One query; a product with several ready images gets the mean of their vectors.
+    """
+    pks = list(pks)
+    if not pks:
+        return {}
+    product_field = visualsearch_settings.PRODUCT_FIELD
+    images = get_image_model().objects.ready()
+    attname = images.model._meta.get_field(product_field).attname
+    return _per_product(images.filter(**{f"{attname}__in": pks}), attname)
+
+
+def sample_vectors(count: int, *, exclude: Iterable[Any] = (), **filters: Any) -> dict:
+    """``{pk: unit vector}`` of up to ``count`` embedded products drawn at random.
+
+    ``ORDER BY random()`` over the ids of the ready images outside ``exclude`` that match the
+    product ``filters`` (it reads every such row: a few milliseconds for thousands of images),
+    then the vectors of the products drawn.
+    """
+    product_field = visualsearch_settings.PRODUCT_FIELD
+    images = get_image_model().objects.ready()
+    attname = images.model._meta.get_field(product_field).attname
+    exclude = list(exclude)
+    if exclude:
+        images = images.exclude(**{f"{attname}__in": exclude})
+    if filters:
+        images = images.filter(**{f"{product_field}__{key}": v for key, v in filters.items()})
+    return product_vectors(images.order_by("?").values_list(attname, flat=True)[:count])
+
+
+def _per_product(images: Any, attname: str) -> dict[Any, np.ndarray]:
+    binary = Func(F("embedding"), function="vector_send", output_field=BinaryField())
+    pks, rows = [], []
+    for pk, data in images.annotate(vector_bytes=binary).values_list(attname, "vector_bytes"):
+        # vector_send: uint16 dimensions, uint16 unused, then big-endian float32 values.
+        pks.append(pk)
+        rows.append(np.frombuffer(bytes(data), dtype=">f4", offset=4))
+    if not rows:
+        return {}
+    matrix = np.stack(rows).astype(np.float32)
+    groups: dict[Any, list[int]] = {}
+    for index, pk in enumerate(pks):
+        groups.setdefault(pk, []).append(index)
+    if len(groups) < len(pks):  # products with several images: the mean of their vectors
+        matrix = np.stack([matrix[indices].mean(axis=0) for indices in groups.values()])
+    return dict(zip(groups, unit(matrix), strict=True))
+
+
+def maximal_marginal_relevance(
+    relevance: np.ndarray, vectors: np.ndarray, count: int, weight: float = 0.5
+) -> list[int]:
+    """Indices of ``count`` items, each chosen for relevance and for being unlike the others.
+
+    Greedy MMR (Carbonell & Goldstein, 1998): the next item maximises
+    ``weight * relevance - (1 - weight) * (highest cosine similarity to the items chosen)``.
+    ``vectors`` are unit rows; ``weight = 1`` keeps the order of ``relevance``.
+    """
+    relevance = np.asarray(relevance, dtype=np.float32)
+    closest = np.zeros(len(relevance), dtype=np.float32)
+    chosen: list[int] = []
+    for _ in range(min(count, len(relevance))):
+        score = weight * relevance - (1.0 - weight) * closest
+        score[chosen] = -np.inf
+        index = int(np.argmax(score))
+        chosen.append(index)
+        closest = np.maximum(closest, vectors @ vectors[index])
+    return chosen
+
+
+def coverage(candidates: np.ndarray, count: int, covered: np.ndarray | None = None) -> list[int]:
+    """Indices of ``count`` candidates that best represent the candidates not yet covered.
+
+    Greedy facility location: each pick maximises the sum, over all candidates, of the gain
+    in similarity to their closest pick (or ``covered`` row). On a random sample this picks
+    typical members of the large groups first, and skips groups the ``covered`` vectors
+    (what the shopper has seen) already stand for. ``candidates`` and ``covered`` are unit rows.
+    """
+    similarity = candidates @ candidates.T
+    if covered is not None and len(covered):
+        best = np.maximum((candidates @ covered.T).max(axis=1), 0.0)
+    else:
+        best = np.zeros(len(candidates), dtype=np.float32)
+    chosen: list[int] = []
+    for _ in range(min(count, len(candidates))):
+        gain = np.maximum(similarity - best[None, :], 0.0).sum(axis=1)
+        gain[chosen] = -np.inf
+        index = int(np.argmax(gain))
+        chosen.append(index)
+        best = np.maximum(best, similarity[index])
+    return chosen
