@@ -21,7 +21,11 @@ stay in memory); products and labels are joined by ``Product.external_id`` = the
 Targets are spread over ``--jobs`` processes; every target has its own seeds (Python's and
 Postgres' ``random()``), so results do not depend on how they are spread.
 
-Prints a table and writes ``bench/results/rounds-to-target.json``.
+With an adapted encoder (``manage.py visualsearch_adapt --split-key external_id``), pass the
+same split as ``--held-out 0.2 --holdout-seed 0``: the subset is then drawn from the products
+the projection never saw in training (the whole-catalog run still covers every product).
+
+Prints a table and writes ``bench/results/rounds-to-target.json`` (``--out``).
 """
 
 from __future__ import annotations
@@ -194,6 +198,12 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=None, help="RECOMMEND_HISTORY")
     parser.add_argument("--focus", type=float, default=None, help="RECOMMEND_FOCUS")
     parser.add_argument("--memory", type=int, default=None, help="RECOMMEND_SHOWN_MEMORY")
+    parser.add_argument("--diversity", type=float, default=None, help="RECOMMEND_DIVERSITY")
+    parser.add_argument(
+        "--held-out", type=float, default=None,
+        help="draw the subset from this held-out share (by external id), as visualsearch_adapt",
+    )  # fmt: skip
+    parser.add_argument("--holdout-seed", type=int, default=0)
     parser.add_argument("--max-rounds", type=int, default=None, help="default: ceil(N/k)")
     parser.add_argument("--skip-full", action="store_true", help="only the subset")
     parser.add_argument("--full-targets", type=int, default=None, help="default: --targets")
@@ -208,21 +218,29 @@ def main() -> None:
             "RECOMMEND_HISTORY": args.history,
             "RECOMMEND_FOCUS": args.focus,
             "RECOMMEND_SHOWN_MEMORY": args.memory,
+            "RECOMMEND_DIVERSITY": args.diversity,
         }.items()
         if value is not None
     }
     setup(overrides)
     from shop.catalog.models import Product
+    from visualsearch.adapt import is_held_out
     from visualsearch.conf import visualsearch_settings
+    from visualsearch.encoders import get_encoder
 
     with args.csv.open(newline="") as handle:
         by_id = {row["id"]: tuple(row[c] for c in LABELS) for row in csv.DictReader(handle)}
     ready = Product.objects.filter(
         images__embedding_status="ready", external_id__in=list(by_id)
     ).distinct()
-    labels = {pk: by_id[ext] for pk, ext in ready.values_list("pk", "external_id")}
+    external = dict(ready.values_list("pk", "external_id"))
+    labels = {pk: by_id[ext] for pk, ext in external.items()}
     everything = sorted(labels)
-    subset = sorted(random.Random(args.seed).sample(everything, args.subset))
+    candidates = everything
+    if args.held_out is not None:
+        split = (args.held_out, args.holdout_seed)
+        candidates = [pk for pk in everything if is_held_out(external[pk], *split)]
+    subset = sorted(random.Random(args.seed).sample(candidates, args.subset))
     configs = [(share, "diverse") for share in _floats(args.shares)]
     configs += [(share, "random") for share in _floats(args.random_shares)]
 
@@ -231,9 +249,15 @@ def main() -> None:
         "args": {key: str(value) for key, value in vars(args).items()},
         "settings": {
             key: getattr(visualsearch_settings, key)
-            for key in ("RECOMMEND_HISTORY", "RECOMMEND_FOCUS", "RECOMMEND_SHOWN_MEMORY")
+            for key in (
+                "RECOMMEND_HISTORY",
+                "RECOMMEND_FOCUS",
+                "RECOMMEND_SHOWN_MEMORY",
+                "RECOMMEND_DIVERSITY",
+            )
         },
         "encoder": visualsearch_settings.ENCODER,
+        "encoder_model": get_encoder().model_id,
         "seed_rounds_at_459": SEED_ROUNDS_AT_459,
         "subset_sweep": [],
         "best_on_subset": None,

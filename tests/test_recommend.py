@@ -139,6 +139,20 @@ def test_exploration_share_is_respected(catalog, settings, share, explored):
     assert all(p.similarity is None for p in products if p.recommendation == EXPLORE)
 
 
+def test_diversity_setting_spreads_the_near_picks(catalog, twin, make_product, settings):
+    # Four more copies of catalog[0]'s photo: without diversity they fill the near picks.
+    copies = [make_product(color="red", shape="square") for _ in range(4)]
+    embed_images(ProductImage.objects.filter(embedding__isnull=True).values_list("pk", flat=True))
+    duplicates = {twin.pk, *pks(copies)}
+    vary(settings, RECOMMEND_DIVERSITY=0)
+    nearest = recommend.recommend([catalog[0].pk], 4, exploration=0)
+    assert set(pks(nearest)) <= duplicates
+    vary(settings, RECOMMEND_DIVERSITY=0.8)
+    spread = recommend.recommend([catalog[0].pk], 4, exploration=0)
+    assert len(set(pks(spread)) & duplicates) == 1  # one copy, then different products
+    assert spread[0].pk in duplicates  # the nearest still comes first
+
+
 @pytest.mark.parametrize("strategy", ["diverse", "random"])
 def test_exploration_picks_are_unseen_and_outside_the_neighbours(catalog, strategy):
     viewed = [catalog[0].pk]
@@ -214,6 +228,7 @@ def test_shown_memory_setting(catalog, settings):
         ("RECOMMEND_EXPLORATION_STRATEGY", "clever"),
         ("RECOMMEND_SIZE", 0),
         ("RECOMMEND_HISTORY", "10"),
+        ("RECOMMEND_DIVERSITY", -0.1),
     ],
 )
 def test_bad_settings_name_the_key(catalog, settings, key, value):

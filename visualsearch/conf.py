@@ -73,8 +73,11 @@ DEFAULTS: dict[str, Any] = {
     # Share of them that are exploration picks, 0..1 (tuned with bench/rounds_to_target.py),
     # and how those are chosen: "diverse" (typical products of groups the shopper has not
     # seen yet) or "random".
-    "RECOMMEND_EXPLORATION": 0.4,
+    "RECOMMEND_EXPLORATION": 0.2,
     "RECOMMEND_EXPLORATION_STRATEGY": "diverse",
+    # How much the near picks are spread apart (maximal marginal relevance): 0 takes the
+    # nearest products as they come, 1 favours difference from each other over nearness.
+    "RECOMMEND_DIVERSITY": 0.2,
     # Viewed products the session keeps; their mean vector is the shopper's preference,
     # counting only those within this cosine similarity of the latest view (0: all of them).
     "RECOMMEND_HISTORY": 10,

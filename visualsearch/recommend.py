@@ -8,7 +8,8 @@ hour ago do not blur the shoes viewed now. ``k`` recommendations are:
 
 * ``k - round(k * RECOMMEND_EXPLORATION)`` products near the preference: the HNSW query of
   :func:`visualsearch.query.nearest_products` fetches a few times more than needed, and
-  maximal marginal relevance keeps near ones that differ from each other. Never a product the
+  maximal marginal relevance keeps near ones that differ from each other (as much as
+  ``RECOMMEND_DIVERSITY`` says). Never a product the
   shopper viewed, nor one of the ``RECOMMEND_SHOWN_MEMORY`` recommended to them last;
 * the rest are exploration picks among the products not seen yet, so that a shopper who
   starts on red dresses still meets the yellow one: ``"diverse"``
@@ -54,10 +55,8 @@ STRATEGIES = ("diverse", "random")
 #: Session keys: product ids viewed (most recent last), and recently recommended.
 VIEWED_KEY = "visualsearch.viewed"
 SHOWN_KEY = "visualsearch.shown"
-#: Near products fetched per similar pick, among which maximal marginal relevance chooses,
-#: and its weight of nearness against difference (1: nearest first, no diversity).
+#: Near products fetched per similar pick, among which maximal marginal relevance chooses.
 SIMILAR_POOL = 5
-SIMILAR_WEIGHT = 0.5
 #: Random products sampled for "diverse" exploration picks.
 EXPLORE_SAMPLE = 200
 
@@ -233,7 +232,8 @@ def _similar(preference: Any, count: int, exclude: set, queryset: Any, filters: 
         dimensions = len(preference)
         matrix = np.stack([vectors.get(p.pk, np.zeros(dimensions)) for p in pool])
         relevance = np.array([product.similarity for product in pool])
-        chosen = diversity.maximal_marginal_relevance(relevance, matrix, count, SIMILAR_WEIGHT)
+        weight = 1.0 - _setting_share("RECOMMEND_DIVERSITY")
+        chosen = diversity.maximal_marginal_relevance(relevance, matrix, count, weight)
         pool = [pool[index] for index in sorted(chosen)]  # nearest first
     for product in pool:
         product.recommendation = SIMILAR
