@@ -12,14 +12,19 @@ For every configuration ``N x d``:
    dumper. The vector column is resized with ``manage.py visualsearch_reindex --resize`` (the
    app's own tool; the table is empty then) under a synthetic encoder of ``d`` dimensions,
    whose ``model_id`` the rows carry, so ``ready()`` matches them as it would real vectors.
+   The column's storage is ``--storage`` (``plain``, what the demo's migration sets with
+   ``visualsearch.operations.EmbeddingStorage``; ``external``, pgvector's default, keeps 512-d
+   and larger vectors in the TOAST table); a comma list loads and measures each in turn.
 2. **build**: the app's index ``productimage_hnsw`` (``vector_cosine_ops``, or the halfvec
    expression index ``(embedding::halfvec(d)) halfvec_cosine_ops`` that ``HNSW_HALFVEC``
    makes) with ``--m`` / ``--ef-construction``; build time and size.
 3. **unfiltered**: ``--queries`` products as queries (their own vector, themselves
    excluded), for each ef_search: raw SQL (one statement, binary vector parameter,
    ``hnsw.ef_search`` set once per session), the app's ``nearest_products`` (vector given) and
-   ``similar_products`` (product given: reads its vector, loads product instances) in the same
-   run, interleaved query by query. p50/p95 latency, recall@10 against exact search (numpy
+   ``similar_products`` (product given: the mean of its vectors is a subquery of the k-NN
+   statement; loads product instances) and raw SQL doing the same work (``raw_similar``: the
+   same statements, transaction and ``SET LOCAL`` through psycopg) in the same run,
+   interleaved query by query. p50/p95 latency, recall@10 against exact search (numpy
    brute force), QPS with 2 client processes.
 4. **filtered** (``category = c``, 1 of 200): raw post-filtering (no iterative scan), raw
    iterative scan (relaxed order), raw exact scan over the filtered rows (B-tree on the
@@ -148,15 +153,16 @@ def raw_connection():
     return conn
 
 
-def load(n: int, d: int, args) -> tuple[np.ndarray, np.ndarray]:
-    """Empty the catalog tables, resize the column, COPY ``n`` products + images in."""
+def load(n: int, d: int, args, storage: str = "plain") -> tuple[np.ndarray, np.ndarray]:
+    """Empty the catalog tables, resize the column, set its ``storage``, COPY ``n`` products
+    + images in."""
     from django.core.management import call_command
     from django.db import connection
     from pgvector import Vector
 
     from shop.catalog.models import Category, ProductImage
 
-    if args.reuse and ProductImage.objects.ready().count() == n:
+    if args.reuse and ProductImage.objects.ready().count() == n and column_storage() == storage:
         # Same seed, same rows: regenerate the vectors for exact search, skip the COPY.
         vectors = np.concatenate([x for _, x in clustered_vectors(n, d, args.centres, args.seed)])
         categories = np.random.default_rng(args.seed + 1).integers(1, args.categories + 1, n)
@@ -166,6 +172,10 @@ def load(n: int, d: int, args) -> tuple[np.ndarray, np.ndarray]:
         cursor.execute("DROP INDEX IF EXISTS productimage_hnsw")
         cursor.execute("TRUNCATE catalog_productimage, catalog_product, catalog_category CASCADE")
     call_command("visualsearch_reindex", "--resize", "--no-progress", stdout=open(os.devnull, "w"))
+    with connection.cursor() as cursor:  # the app's migration makes it PLAIN
+        cursor.execute(
+            f"ALTER TABLE catalog_productimage ALTER COLUMN embedding SET STORAGE {storage}"
+        )
     Category.objects.bulk_create(
         [Category(id=i + 1, name=f"Category {i}", slug=f"c{i}") for i in range(args.categories)]
     )
@@ -238,6 +248,18 @@ def load(n: int, d: int, args) -> tuple[np.ndarray, np.ndarray]:
     return vectors, categories
 
 
+def column_storage() -> str:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attstorage FROM pg_attribute WHERE attname = 'embedding'"
+            " AND attrelid = 'catalog_productimage'::regclass"
+        )
+        code = cursor.fetchone()[0]
+    return {"p": "plain", "m": "main", "e": "external", "x": "extended"}[code]
+
+
 def _now():
     from django.utils import timezone
 
@@ -284,18 +306,28 @@ def build_index(kind: str, d: int, args) -> dict:
 # --- query paths --------------------------------------------------------------------------
 
 
-def raw_sql(kind: str, d: int, filtered: bool = False, exact: bool = False) -> str:
+def raw_sql(kind: str, d: int, filtered: bool = False, exact: bool = False, mean=False) -> str:
+    """The k-NN statement; with ``mean`` the query vector is the mean of product ``me``'s
+    vectors (a subquery, as ``similar_products`` sends it), else the parameter ``q``."""
     column, query = "embedding", "%(q)s"
+    ready = "{0}.embedding_status = 'ready' AND {0}.embedding_model = %(model)s"
+    if mean:
+        query = (
+            "(SELECT AVG(m.embedding) FROM catalog_productimage m WHERE m.product_id = %(me)s"
+            f" AND {ready.format('m')} GROUP BY m.product_id)"
+        )
     if kind == "halfvec":
-        column, query = f"embedding::halfvec({d})", f"%(q)s::halfvec({d})"
+        column, query = f"embedding::halfvec({d})", f"{query}::halfvec({d})"
     distance = f"{column} <=> {query}"
     order = f"({distance}) + 0" if exact else distance
     join = " JOIN catalog_product p ON p.id = i.product_id" if filtered else ""
     where = " AND p.category_id = %(c)s" if filtered else ""
+    if mean:
+        where += f" AND {query} IS NOT NULL"
     return (
         f"SELECT i.product_id, {distance} FROM catalog_productimage i{join}"
-        " WHERE i.embedding_status = 'ready' AND i.embedding_model = %(model)s"
-        f" AND i.product_id <> %(me)s{where} ORDER BY {order} LIMIT %(k)s"
+        f" WHERE {ready.format('i')} AND i.product_id <> %(me)s{where}"
+        f" ORDER BY {order} LIMIT %(k)s"
     )
 
 
@@ -321,24 +353,16 @@ class Raw:
         return [pid for pid, _ in rows]
 
     def similar(self, me, ef_search, k=10) -> list[int]:
-        """What ``similar_products`` does, in raw SQL: read the product's vector, search in a
-        transaction with ``SET LOCAL`` (overfetch x4, best image per product), load the
-        products."""
-        from pgvector import HalfVector
-
-        vector = self.conn.execute(
-            "SELECT embedding FROM catalog_productimage WHERE product_id = %s"
-            " AND embedding_status = 'ready' AND embedding_model = %s",
-            [me, self.model],
-        ).fetchone()[0]
-        q = HalfVector(vector.to_numpy()) if self.kind == "halfvec" else vector
-        params = {"q": q, "model": self.model, "me": me, "k": 4 * k, "c": None}
+        """What ``similar_products`` does, in raw SQL: in a transaction with ``SET LOCAL``, the
+        k-NN statement whose query vector is the mean of the product's vectors (a subquery;
+        overfetch x4, best image per product), then load the products."""
+        params = {"model": self.model, "me": me, "k": 4 * k, "c": None}
         with self.conn.transaction():
             self.conn.execute(
                 f"SET LOCAL hnsw.ef_search = {max(ef_search, 4 * k)};"
                 " SET LOCAL hnsw.iterative_scan = relaxed_order"
             )
-            rows = self.conn.execute(raw_sql(self.kind, self.d), params).fetchall()
+            rows = self.conn.execute(raw_sql(self.kind, self.d, mean=True), params).fetchall()
         ids = list(dict.fromkeys(pid for pid, _ in rows))[:k]
         self.conn.execute("SELECT * FROM catalog_product WHERE id = ANY(%s)", [ids]).fetchall()
         return ids
@@ -587,6 +611,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", default="100000x512,100000x1280", help="N x d, comma list")
     parser.add_argument("--indexes", default="vector,halfvec", help="vector and/or halfvec")
+    parser.add_argument(
+        "--storage",
+        default="plain",
+        help="the vector column's storage, comma list: plain (the app's migration), main,"
+        " external (pgvector's default: 512-d and larger vectors go to TOAST)",
+    )
     parser.add_argument("--ef-search", default=",".join(map(str, EF_SEARCH)))
     parser.add_argument("--m", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=64)
@@ -606,6 +636,7 @@ def main() -> None:
     args.ef_search = [int(x) for x in args.ef_search.split(",")]
     configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
     indexes = args.indexes.split(",")
+    storages = args.storage.split(",")
 
     setup_django(configs[0][1])
     from django.conf import settings
@@ -624,19 +655,23 @@ def main() -> None:
     output = Path(args.output or BASE_DIR / "bench" / "results" / f"query-{args.configs}.json")
     for n, d in configs:
         override = use_dimensions(d)
-        vectors, categories = load(n, d, args)
-        for kind in indexes:
-            build = build_index(kind, d, args)
-            results["builds"].append({"n": n, "d": d, **build})
-            results["unfiltered"] += unfiltered(kind, n, d, vectors, args)
-            results["filtered"] += filtered(kind, n, d, vectors, categories, args)
-            output.write_text(json.dumps(results, indent=2, default=str))
+        for storage in storages:
+            vectors, categories = load(n, d, args, storage)
+            for kind in indexes:
+                build = build_index(kind, d, args)
+                results["builds"].append({"n": n, "d": d, "storage": storage, **build})
+                for part, rows in (
+                    ("unfiltered", unfiltered(kind, n, d, vectors, args)),
+                    ("filtered", filtered(kind, n, d, vectors, categories, args)),
+                ):
+                    results[part] += [{"storage": storage, **row} for row in rows]
+                output.write_text(json.dumps(results, indent=2, default=str))
+            del vectors
         override.disable()
-        del vectors
     print_table(
         "Index builds",
         results["builds"],
-        ["n", "d", "index", "m", "ef_construction", "build_s", "index_mb", "table_mb"],
+        ["n", "d", "storage", "index", "m", "ef_construction", "build_s", "index_mb", "table_mb"],
     )
     print_table(
         "Unfiltered top-10 (ms; ratio: median per query, similar / raw_similar, others / raw)",
@@ -644,6 +679,7 @@ def main() -> None:
         [
             "n",
             "d",
+            "storage",
             "index",
             "ef_search",
             "path",
@@ -657,7 +693,18 @@ def main() -> None:
     print_table(
         "Filtered top-10, category = 1 of 200",
         results["filtered"],
-        ["n", "d", "index", "case", "estimated_rows", "p50_ms", "p95_ms", "recall", "rows"],
+        [
+            "n",
+            "d",
+            "storage",
+            "index",
+            "case",
+            "estimated_rows",
+            "p50_ms",
+            "p95_ms",
+            "recall",
+            "rows",
+        ],
     )
     print(f"\nwrote {output}")
 

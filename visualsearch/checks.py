@@ -8,6 +8,7 @@
 | visualsearch.E004  | a stored vector size differs from its encoder's (image or text) |
 | visualsearch.E005  | the VISUALSEARCH settings are invalid                            |
 | visualsearch.W001  | no Celery broker is configured                                   |
+| visualsearch.W002  | a 512-d or larger vector column is stored out of line (TOAST)    |
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def check_text_settings() -> None:
 
 @register(Tags.database)
 def check_database(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list:
-    """E001-E004 for every database Django was asked to check."""
+    """E001-E004 and W002 for every database Django was asked to check."""
     messages: list = []
     for alias in databases or []:
         messages.extend(check_connection(connections[alias]))
@@ -147,7 +148,7 @@ def check_connection(connection: Any) -> list:
                 id="visualsearch.E003",
             )
         ]
-    return check_dimensions(connection)
+    return check_dimensions(connection) + check_storage(connection)
 
 
 def check_dimensions(connection: Any) -> list:
@@ -183,6 +184,45 @@ def check_dimensions(connection: Any) -> list:
                 hint=f"Run `manage.py visualsearch_reindex --resize{option}` to resize the column "
                 "(existing vectors are dropped and re-embedded), or configure the former encoder.",
                 id="visualsearch.E004",
+            )
+        )
+    return messages
+
+
+#: Vectors of this many bytes or more (``4 * d + 8``) push a row over Postgres' TOAST threshold
+#: (about 2 KB, the other columns included): from about 450 dimensions.
+TOAST_VECTOR_BYTES = 1800
+
+
+def check_storage(connection: Any) -> list:
+    """W002: an embedding column large enough for TOAST is stored out of line (``EXTERNAL``)."""
+    from visualsearch.conf import get_image_model, get_text_model
+
+    try:
+        models = [get_image_model(), get_text_model()]
+    except ImproperlyConfigured:
+        return []  # reported by E005
+    messages = []
+    for model in filter(None, models):
+        table = model._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT a.atttypmod, a.attstorage FROM pg_attribute a "
+                "WHERE a.attrelid = to_regclass(%s) AND a.attname = 'embedding' "
+                "AND NOT a.attisdropped",
+                [table],
+            )
+            row = cursor.fetchone()
+        if row is None or row[1] in ("p", "m") or 4 * row[0] + 8 < TOAST_VECTOR_BYTES:
+            continue  # not migrated yet, stored in the row, or small enough to stay there
+        messages.append(
+            Warning(
+                f"{table}.embedding keeps its {row[0]}-d vectors out of line (TOAST): every "
+                "row a query reads costs an extra index lookup.",
+                hint=f"Add visualsearch.operations.EmbeddingStorage({model._meta.model_name!r})"
+                " to a migration of your app (then VACUUM FULL the table to move existing "
+                "vectors into the rows).",
+                id="visualsearch.W002",
             )
         )
     return messages

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 from django.db import connections, transaction
-from django.db.models import Value
+from django.db.models import Avg, Subquery, Value
 from django.db.models.functions import Cast
 from pgvector.django import CosineDistance, HalfVectorField
 from PIL import Image
@@ -47,16 +47,20 @@ def similar_products(product: Any, k: int = 8, *, queryset: Any = None, **filter
     embedding.
     """
     product_field = visualsearch_settings.PRODUCT_FIELD
-    vectors = list(
-        get_image_model()
-        .objects.ready()
+    model = get_image_model()
+    field = model._meta.get_field("embedding")
+    # The mean is computed in the k-NN query itself (a subquery Postgres runs once, before
+    # the index scan): no vector travels to Python and back. Cosine distance ignores length,
+    # so the mean needs no normalising; no ready image makes it NULL, and no row matches.
+    mean = Subquery(
+        model.objects.ready()
         .filter(**{product_field: product})
-        .values_list("embedding", flat=True)
+        .values(product_field)
+        .annotate(mean=Avg("embedding", output_field=field))
+        .values("mean"),
+        output_field=field,
     )
-    if not vectors:
-        return []
-    query = l2_normalize(np.mean(np.stack(vectors), axis=0, keepdims=True))[0]
-    return nearest_products(query, k, exclude=product, queryset=queryset, **filters)
+    return _nearest(mean, k, exclude=product, queryset=queryset, nullable=True, **filters)
 
 
 def search_by_image(
@@ -147,6 +151,24 @@ def nearest_products(
     exact scan. ``exclude`` is a product, or a list, set or tuple of product primary keys, to
     leave out.
     """
+    return _nearest(
+        _vector_literal(vector), k, exclude=exclude, exact=exact, queryset=queryset, **filters
+    )
+
+
+def _nearest(
+    query: Any,
+    k: int,
+    *,
+    exclude: Any = None,
+    exact: bool = False,
+    queryset: Any = None,
+    nullable: bool = False,
+    **filters: Any,
+) -> list:
+    """``nearest_products`` for a query vector given as an SQL expression (a literal, or
+    the subquery of ``similar_products``). A ``nullable`` query that is NULL matches no row
+    (a one-time filter: Postgres checks it before it scans anything)."""
     if k < 1:
         return []
     product_field = visualsearch_settings.PRODUCT_FIELD
@@ -161,7 +183,9 @@ def nearest_products(
             **{f"{product_field}__{key}": value for key, value in filters.items()}
         )
         exact = exact or prefers_exact_scan(images)
-    distance = _distance(images.model, np.asarray(vector, dtype=np.float32))
+    distance = _distance(images.model, query)
+    if nullable:
+        images = images.alias(query_vector=query).filter(query_vector__isnull=False)
     fetch = k * OVERFETCH
     while True:
         # "+ 0" hides the ordering from the index: an exact scan over the filtered rows.
@@ -206,18 +230,23 @@ def estimated_rows(queryset: Any) -> float:
     return float(plan[0]["Plan"]["Plan Rows"])
 
 
-def _distance(model: type, vector: np.ndarray) -> Any:
-    """``embedding <=> vector``, or over half-precision copies with ``HNSW_HALFVEC``.
+def _vector_literal(vector: np.ndarray) -> Value:
+    """The query vector as an SQL literal: ``'[0.1,0.2,…]'``."""
+    # json writes the floats in C: several times faster than pgvector's own text for 512-d.
+    vector = np.asarray(vector, dtype=np.float32)
+    return Value(json.dumps(vector.tolist(), separators=(",", ":")))
+
+
+def _distance(model: type, query: Any) -> Any:
+    """``embedding <=> query``, or over half-precision copies with ``HNSW_HALFVEC``.
 
     With ``HNSW_HALFVEC`` the ordering is the expression the index is built on,
     ``embedding::halfvec(n) <=> query::halfvec(n)``, so that the halfvec index serves it.
     """
-    # json writes the floats in C: several times faster than pgvector's own text for 512-d.
-    literal = Value(json.dumps(vector.tolist(), separators=(",", ":")))
     if not visualsearch_settings.HNSW_HALFVEC:
-        return CosineDistance("embedding", literal)
+        return CosineDistance("embedding", query)
     half = HalfVectorField(dimensions=model._meta.get_field("embedding").dimensions)
-    return CosineDistance(Cast("embedding", half), Cast(literal, half))
+    return CosineDistance(Cast("embedding", half), Cast(query, half))
 
 
 def _fetch(queryset, product_field: str, limit: int, exact: bool = False) -> list[tuple]:

@@ -161,10 +161,21 @@ class Command(BaseCommand):
             with connection.cursor() as cursor:
                 # Deferred FK checks of earlier writes in this transaction block ALTER TABLE.
                 cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                # A new type resets the column's storage to the type's: keep PLAIN/MAIN.
+                cursor.execute(
+                    "SELECT attstorage FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                    "AND attname = 'embedding'",
+                    [model._meta.db_table],
+                )
+                storage = {"p": "PLAIN", "m": "MAIN"}.get(cursor.fetchone()[0])
                 cursor.execute(
                     f"ALTER TABLE {table} ALTER COLUMN embedding TYPE vector({int(dimensions)}) "
                     "USING NULL"
                 )
+                if storage:
+                    cursor.execute(
+                        f"ALTER TABLE {table} ALTER COLUMN embedding SET STORAGE {storage}"
+                    )
             count = model._base_manager.update(
                 embedding_status=EmbeddingStatus.PENDING,
                 embedding_model="",
