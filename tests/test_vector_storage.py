@@ -111,3 +111,16 @@ def test_similar_products_of_a_product_without_ready_images_runs_no_scan(two_pro
     ProductImage.objects.filter(product=products[0]).update(embedding_status="pending")
     assert similar_products(products[0], k=2) == []
     assert similar_products(products[0], k=2, category=products[1].category) == []
+
+
+def test_similar_products_with_halfvec_orders_by_the_halfvec_mean(two_products, settings):
+    settings.VISUALSEARCH = {**settings.VISUALSEARCH, "HNSW_HALFVEC": True}
+    products, vectors = two_products
+    with CaptureQueriesContext(connection) as queries:
+        results = similar_products(products[0], k=2)
+    [knn] = [q["sql"] for q in queries.captured_queries if "<=>" in q["sql"]]
+    dimensions = ProductImage._meta.get_field("embedding").dimensions
+    assert "AVG(" in knn and knn.count(f"::halfvec({dimensions})") >= 2  # column and mean
+    mean = vectors[:2].mean(axis=0)
+    expected = nearest_products(mean / np.linalg.norm(mean), k=2, exclude=products[0])
+    assert [p.pk for p in results] == [p.pk for p in expected]
