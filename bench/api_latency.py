@@ -77,6 +77,8 @@ def main() -> None:
         "DJANGO_SETTINGS_MODULE": "shop.settings",
         "DJANGO_DEBUG": "0",
         "DJANGO_SECRET_KEY": "bench-only",
+        "DJANGO_SECURE_SSL_REDIRECT": "0",  # plain HTTP on loopback (DEBUG off turns it on)
+        "VISUALSEARCH_API_THROTTLE_RATE": "100000/minute",  # back-to-back runs stay under it
         "VISUALSEARCH_ENCODER_THREADS": str(args.threads),
     }
     os.environ.update({k: env[k] for k in ("DJANGO_SETTINGS_MODULE", "DJANGO_DEBUG")})
