@@ -9,12 +9,13 @@ a few hundred 1280-d vectors in Python takes several times longer than the query
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 import numpy as np
 from django.db.models import BinaryField, F, Func
 
-from visualsearch.conf import get_image_model, visualsearch_settings
+from visualsearch.conf import get_image_model, get_product_model, visualsearch_settings
 
 
 def unit(matrix: np.ndarray) -> np.ndarray:
@@ -38,22 +39,24 @@ def product_vectors(pks: Iterable[Any]) -> dict[Any, np.ndarray]:
     return _per_product(images.filter(**{f"{attname}__in": pks}), attname)
 
 
-def sample_vectors(count: int, *, exclude: Iterable[Any] = (), **filters: Any) -> dict:
+def sample_vectors(
+    count: int, *, exclude: Iterable[Any] = (), queryset: Any = None, **filters: Any
+) -> dict:
     """``{pk: unit vector}`` of up to ``count`` embedded products drawn at random.
 
-    ``ORDER BY random()`` over the ids of the ready images outside ``exclude`` that match the
-    product ``filters`` (it reads every such row: a few milliseconds for thousands of images),
-    then the vectors of the products drawn.
+    ``ORDER BY random()`` over the products (``queryset``, else the default manager) outside
+    ``exclude`` that match ``filters``, a quarter more than needed, then the vectors of those
+    with a ready image, through the image table's product index. The draw reads the product
+    table, not the image table: with the vectors stored in the rows (``EmbeddingStorage``)
+    the image table is some thirty times larger (demo: 51 MB against 1.7 MB).
     """
-    product_field = visualsearch_settings.PRODUCT_FIELD
-    images = get_image_model().objects.ready()
-    attname = images.model._meta.get_field(product_field).attname
+    products = queryset if queryset is not None else get_product_model()._default_manager.all()
+    products = products.filter(**filters)
     exclude = list(exclude)
     if exclude:
-        images = images.exclude(**{f"{attname}__in": exclude})
-    if filters:
-        images = images.filter(**{f"{product_field}__{key}": v for key, v in filters.items()})
-    return product_vectors(images.order_by("?").values_list(attname, flat=True)[:count])
+        products = products.exclude(pk__in=exclude)
+    drawn = list(products.order_by("?").values_list("pk", flat=True)[: count + count // 4 + 1])
+    return dict(islice(product_vectors(drawn).items(), count))
 
 
 def _per_product(images: Any, attname: str) -> dict[Any, np.ndarray]:

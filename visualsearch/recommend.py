@@ -143,16 +143,11 @@ def preference_vector(viewed: Sequence[Any], focus: float | None = None) -> np.n
     images = get_image_model().objects.ready()
     if focus > 0 and len(viewed) > 1:
         latest = _mean(images.filter(**{product_field: viewed[-1]}))
-        if latest is not None:
-            near = images.filter(**{f"{product_field}__in": viewed[:-1]}).alias(
+        if latest is not None:  # one pass over the viewed products' images (their index)
+            near = images.filter(**{f"{product_field}__in": viewed}).alias(
                 distance=CosineDistance("embedding", latest)
             )
-            return _mean(
-                images.filter(
-                    Q(**{product_field: viewed[-1]})
-                    | Q(pk__in=near.filter(distance__lte=1 - focus).values("pk"))
-                )
-            )
+            return _mean(near.filter(Q(**{product_field: viewed[-1]}) | Q(distance__lte=1 - focus)))
     return _mean(images.filter(**{f"{product_field}__in": viewed}))
 
 
@@ -244,7 +239,9 @@ def _diverse(count: int, covered: list, exclude: set, queryset: Any, filters: di
     """``count`` embedded products outside ``exclude`` that stand for what is not ``covered``."""
     if count < 1:
         return []
-    sample = diversity.sample_vectors(max(EXPLORE_SAMPLE, count), exclude=exclude, **filters)
+    sample = diversity.sample_vectors(
+        max(EXPLORE_SAMPLE, count), exclude=exclude, queryset=queryset, **filters
+    )
     pks = list(sample)
     if len(pks) > count:
         seen = list(diversity.product_vectors(covered).values())
