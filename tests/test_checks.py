@@ -115,6 +115,16 @@ def test_a_filter_lookup_that_does_not_fit_the_product_is_reported(settings):
     assert "colour" in messages[0].msg
 
 
+@pytest.mark.parametrize(
+    "key, value", [("RECOMMEND_DIVERSITY", 2), ("RECOMMEND_EXPLORATION_STRATEGY", "clever")]
+)
+def test_bad_recommendation_settings_are_reported(settings, key, value):
+    settings.VISUALSEARCH = {**settings.VISUALSEARCH, key: value}
+    messages = check_settings()
+    assert ids(messages) == ["visualsearch.E005"]
+    assert key in messages[0].msg
+
+
 def test_missing_broker_is_a_warning(settings):
     from celery import current_app
 

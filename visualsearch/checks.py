@@ -32,6 +32,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
     from visualsearch.conf import get_product_model
     from visualsearch.encoders import get_encoder
     from visualsearch.filters import get_filters
+    from visualsearch.recommend import check_settings as check_recommend_settings
 
     messages = []
     try:
@@ -42,6 +43,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
             raise ImproperlyConfigured(f"{type(encoder).__name__} reports no vector size.")
         encoder.model_id  # noqa: B018  (an adapted encoder checks its projection file here)
         check_text_settings()
+        check_recommend_settings()
     except ImproperlyConfigured as exc:
         messages.append(
             Error(

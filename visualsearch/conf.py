@@ -172,25 +172,29 @@ setting_changed.connect(_reload, dispatch_uid="visualsearch.conf.reload")
 
 def get_image_model() -> type:
     """The host's image model named by ``VISUALSEARCH["IMAGE_MODEL"]`` (``"app_label.Model"``)."""
-    from django.apps import apps
-
     label = visualsearch_settings.IMAGE_MODEL
     if not label:
         raise ImproperlyConfigured(
             'Set VISUALSEARCH["IMAGE_MODEL"] to the "app_label.ModelName" of your image model.'
         )
+    from visualsearch.models import EmbeddedImage
+
+    return _host_model("IMAGE_MODEL", label, EmbeddedImage)
+
+
+def _host_model(key: str, label: str, base: type) -> type:
+    """The installed model ``label`` that the setting ``key`` names, checked to include ``base``."""
+    from django.apps import apps
+
     try:
         model = apps.get_model(label, require_ready=False)
     except (ValueError, LookupError) as exc:
         raise ImproperlyConfigured(
-            f'VISUALSEARCH["IMAGE_MODEL"] = {label!r} is not an installed model: {exc}'
+            f'VISUALSEARCH["{key}"] = {label!r} is not an installed model: {exc}'
         ) from exc
-    from visualsearch.models import EmbeddedImage
-
-    if not issubclass(model, EmbeddedImage):
+    if not issubclass(model, base):
         raise ImproperlyConfigured(
-            f'VISUALSEARCH["IMAGE_MODEL"] = {label!r} must inherit '
-            "visualsearch.models.EmbeddedImage."
+            f'VISUALSEARCH["{key}"] = {label!r} must inherit visualsearch.models.{base.__name__}.'
         )
     return model
 
@@ -218,23 +222,12 @@ def get_text_model() -> type | None:
     It must include ``visualsearch.models.EmbeddedText`` and link to the product model with a
     one-to-one field named ``PRODUCT_FIELD``.
     """
-    from django.apps import apps
-
     label = visualsearch_settings.TEXT_MODEL
     if not label:
         return None
-    try:
-        model = apps.get_model(label, require_ready=False)
-    except (ValueError, LookupError) as exc:
-        raise ImproperlyConfigured(
-            f'VISUALSEARCH["TEXT_MODEL"] = {label!r} is not an installed model: {exc}'
-        ) from exc
     from visualsearch.models import EmbeddedText
 
-    if not issubclass(model, EmbeddedText):
-        raise ImproperlyConfigured(
-            f'VISUALSEARCH["TEXT_MODEL"] = {label!r} must inherit visualsearch.models.EmbeddedText.'
-        )
+    model = _host_model("TEXT_MODEL", label, EmbeddedText)
     name = visualsearch_settings.PRODUCT_FIELD
     try:
         field = model._meta.get_field(name)

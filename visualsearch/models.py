@@ -122,15 +122,13 @@ def image_hnsw_index() -> HnswIndex:
     return HnswIndex(fields=["embedding"], opclasses=["vector_cosine_ops"], **options)
 
 
-class EmbeddedImage(models.Model):
-    """Abstract base for the host's image model: the vector and its bookkeeping."""
+class EmbeddingRecord(models.Model):
+    """The bookkeeping of a row whose vector a worker writes: which encoder, status, error,
+    when. Base of :class:`EmbeddedImage` and :class:`EmbeddedText`, which add the vector, the
+    hash of what was embedded and their indexes."""
 
-    embedding = EmbeddingField()
     embedding_model = models.CharField(
         "encoder model", max_length=200, blank=True, default="", editable=False
-    )
-    embedding_hash = models.CharField(
-        "content hash", max_length=64, blank=True, default="", editable=False
     )
     embedding_status = models.CharField(
         "embedding status",
@@ -149,6 +147,23 @@ class EmbeddedImage(models.Model):
 
     class Meta:
         abstract = True
+
+    @classmethod
+    def embedding_encoder(cls) -> Any:
+        """The encoder whose vectors this model stores."""
+        raise NotImplementedError
+
+
+class EmbeddedImage(EmbeddingRecord):
+    """Abstract base for the host's image model: the vector and its bookkeeping."""
+
+    embedding = EmbeddingField()
+    embedding_hash = models.CharField(
+        "content hash", max_length=64, blank=True, default="", editable=False
+    )
+
+    class Meta:
+        abstract = True
         indexes = [
             image_hnsw_index(),
             models.Index(fields=["embedding_status", "embedding_model"], name="%(class)s_vs_st"),
@@ -162,7 +177,7 @@ class EmbeddedImage(models.Model):
         return get_encoder()
 
 
-class EmbeddedText(models.Model):
+class EmbeddedText(EmbeddingRecord):
     """Abstract base for the host's product-text model: one row per product, for text search.
 
     Holds the product's words twice: as a ``tsvector`` for full-text search (GIN index,
@@ -177,31 +192,14 @@ class EmbeddedText(models.Model):
     """
 
     embedding = TextEmbeddingField()
-    embedding_model = models.CharField(
-        "encoder model", max_length=200, blank=True, default="", editable=False
-    )
     embedding_hash = models.CharField(
         "embedded text hash", max_length=64, blank=True, default="", editable=False
-    )
-    embedding_status = models.CharField(
-        "embedding status",
-        max_length=16,
-        choices=EmbeddingStatus.choices,
-        default=EmbeddingStatus.PENDING,
-        editable=False,
-    )
-    embedding_error = models.TextField("embedding error", blank=True, default="", editable=False)
-    embedded_at = models.DateTimeField("embedded at", null=True, blank=True, editable=False)
-    embedding_updated_at = models.DateTimeField(
-        "embedding status changed", default=timezone.now, editable=False
     )
     # Hash of the fields, search configuration and words the search vector was built from.
     text_hash = models.CharField(
         "indexed text hash", max_length=64, blank=True, default="", editable=False
     )
     search_vector = SearchVectorField("full-text search vector", null=True, editable=False)
-
-    objects = EmbeddingQuerySet.as_manager()
 
     class Meta:
         abstract = True

@@ -39,6 +39,7 @@ from visualsearch.query import nearest_products
 __all__ = [
     "EXPLORE",
     "SIMILAR",
+    "check_settings",
     "forget",
     "preference_vector",
     "recommend",
@@ -281,6 +282,16 @@ def _products(queryset: Any) -> Any:
 def _load(pks: list, queryset: Any) -> list:
     found = _products(queryset).in_bulk(pks)
     return [found[pk] for pk in pks if pk in found]
+
+
+def check_settings() -> None:
+    """Raise ``ImproperlyConfigured`` for any invalid ``RECOMMEND_*`` setting (check E005)."""
+    _setting_int("RECOMMEND_SIZE", minimum=1)
+    _setting_int("RECOMMEND_HISTORY", minimum=1)
+    _setting_int("RECOMMEND_SHOWN_MEMORY", minimum=0)
+    for name in ("RECOMMEND_EXPLORATION", "RECOMMEND_DIVERSITY", "RECOMMEND_FOCUS"):
+        _setting_share(name)
+    _strategy(None)
 
 
 def _setting_int(name: str, *, minimum: int) -> int:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.core.exceptions import ImproperlyConfigured
 from drf_spectacular.utils import extend_schema
-from rest_framework import exceptions, serializers, status
+from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -22,7 +22,6 @@ from visualsearch.api.serializers import (
     SearchResultSerializer,
 )
 from visualsearch.api.views import VisualSearchAPIView
-from visualsearch.conf import visualsearch_settings
 from visualsearch.display import attach_thumbnails
 from visualsearch.recommend import EXPLORE, SIMILAR, recommend_for_session, record_view
 
@@ -30,16 +29,7 @@ from visualsearch.recommend import EXPLORE, SIMILAR, recommend_for_session, reco
 class RecommendationParamsSerializer(SearchParamsSerializer):
     """How many recommendations (``RECOMMEND_SIZE`` by default), and the product filters."""
 
-    def get_fields(self) -> dict[str, serializers.Field]:
-        fields = super().get_fields()
-        maximum = int(visualsearch_settings.API_MAX_LIMIT)
-        fields["limit"] = serializers.IntegerField(
-            min_value=1,
-            max_value=maximum,
-            default=min(int(visualsearch_settings.RECOMMEND_SIZE), maximum),
-            help_text=f"How many products to return, at most {maximum}.",
-        )
-        return fields
+    default_limit_setting = "RECOMMEND_SIZE"
 
 
 class RecommendationSerializer(SearchResultSerializer):
@@ -133,18 +123,9 @@ class ProductViewsView(VisualSearchAPIView):
         tags=["visualsearch"],
     )
     def post(self, request: Request, pk: str) -> Response:
-        product = _get_product(self.get_queryset(), pk)
+        product = self.get_product(pk)
         viewed = record_view(_session(request, required=True), product)
         return Response(ViewedSerializer({"viewed": viewed}).data, status=status.HTTP_201_CREATED)
-
-
-def _get_product(queryset: Any, pk: str) -> Any:
-    if "\x00" not in pk:  # Postgres cannot even compare such a string
-        try:
-            return queryset.get(pk=queryset.model._meta.pk.to_python(pk))
-        except (ValidationError, queryset.model.DoesNotExist):
-            pass
-    raise exceptions.NotFound(f"There is no product with id {pk[:100]!r}.")
 
 
 def _session(request: Request, *, required: bool) -> Any:

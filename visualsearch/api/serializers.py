@@ -51,13 +51,16 @@ class SearchParamsSerializer(serializers.Serializer):
     # ``limit`` and one field per VISUALSEARCH["FILTERS"] entry are added by get_fields();
     # validate() gathers the filter values into ``filters``: {lookup: value}.
 
+    #: The setting ``limit`` defaults to (capped at ``API_MAX_LIMIT``).
+    default_limit_setting = "API_DEFAULT_LIMIT"
+
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()
         maximum = int(visualsearch_settings.API_MAX_LIMIT)
         fields["limit"] = serializers.IntegerField(
             min_value=1,
             max_value=maximum,
-            default=min(int(visualsearch_settings.API_DEFAULT_LIMIT), maximum),
+            default=min(int(getattr(visualsearch_settings, self.default_limit_setting)), maximum),
             help_text=f"How many products to return, at most {maximum}.",
         )
         for item in get_filters():

@@ -73,6 +73,16 @@ class VisualSearchAPIView(APIView):
         """Products that may be shown (and looked up); override to hide unpublished ones."""
         return get_product_model()._default_manager.all()
 
+    def get_product(self, pk: str) -> Any:
+        """The product with primary key ``pk`` (from the URL), else a 404."""
+        queryset = self.get_queryset()
+        if "\x00" not in pk:  # Postgres cannot even compare such a string
+            try:
+                return queryset.get(pk=queryset.model._meta.pk.to_python(pk))
+            except (ValidationError, queryset.model.DoesNotExist):
+                pass
+        raise exceptions.NotFound(f"There is no product with id {pk[:100]!r}.")
+
     def handle_exception(self, exc: Exception) -> Response:
         # Django refuses these bodies while parsing; they are the client's fault, not a 500.
         if isinstance(exc, RequestDataTooBig):
@@ -122,15 +132,6 @@ class SimilarProductsView(VisualSearchAPIView):
             product, params["limit"], queryset=self.get_queryset(), **params["filters"]
         )
         return self.respond(products)
-
-    def get_product(self, pk: str) -> Any:
-        queryset = self.get_queryset()
-        if "\x00" not in pk:  # Postgres cannot even compare such a string
-            try:
-                return queryset.get(pk=queryset.model._meta.pk.to_python(pk))
-            except (ValidationError, queryset.model.DoesNotExist):
-                pass
-        raise exceptions.NotFound(f"There is no product with id {pk[:100]!r}.")
 
 
 class TextSearchView(VisualSearchAPIView):

@@ -7,6 +7,7 @@ only when a model is first used, so importing this package is cheap.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -28,21 +29,7 @@ def get_encoder() -> BaseEncoder:
 
     Building it does not load model weights; the first ``encode_*`` call does.
     """
-    encoder_class = visualsearch_settings.ENCODER_CLASS
-    if not (isinstance(encoder_class, type) and issubclass(encoder_class, BaseEncoder)):
-        raise ImproperlyConfigured(
-            f"VISUALSEARCH['ENCODER'] must name a subclass of "
-            f"visualsearch.encoders.BaseEncoder, got {encoder_class!r}."
-        )
-    options = visualsearch_settings.ENCODER_OPTIONS
-    if not isinstance(options, dict):
-        raise ImproperlyConfigured("VISUALSEARCH['ENCODER_OPTIONS'] must be a dict.")
-    try:
-        return encoder_class(**options)
-    except TypeError as exc:
-        raise ImproperlyConfigured(
-            f"VISUALSEARCH['ENCODER_OPTIONS'] do not fit {encoder_class.__name__}: {exc}"
-        ) from exc
+    return _build("ENCODER", BaseEncoder)
 
 
 @lru_cache(maxsize=1)
@@ -51,18 +38,23 @@ def get_text_encoder() -> BaseTextEncoder:
 
     Building it does not load model weights; the first ``encode_texts`` call does.
     """
-    encoder_class = visualsearch_settings.TEXT_ENCODER_CLASS
-    if not (isinstance(encoder_class, type) and issubclass(encoder_class, BaseTextEncoder)):
+    return _build("TEXT_ENCODER", BaseTextEncoder)
+
+
+def _build(key: str, base: type) -> Any:
+    """An instance of the class the setting ``key`` names (a ``base``), with ``key_OPTIONS``."""
+    encoder_class = getattr(visualsearch_settings, f"{key}_CLASS")
+    if not (isinstance(encoder_class, type) and issubclass(encoder_class, base)):
         raise ImproperlyConfigured(
-            f"VISUALSEARCH['TEXT_ENCODER'] must name a subclass of "
-            f"visualsearch.encoders.BaseTextEncoder, got {encoder_class!r}."
+            f"VISUALSEARCH['{key}'] must name a subclass of "
+            f"visualsearch.encoders.{base.__name__}, got {encoder_class!r}."
         )
-    options = visualsearch_settings.TEXT_ENCODER_OPTIONS
+    options = getattr(visualsearch_settings, f"{key}_OPTIONS")
     if not isinstance(options, dict):
-        raise ImproperlyConfigured("VISUALSEARCH['TEXT_ENCODER_OPTIONS'] must be a dict.")
+        raise ImproperlyConfigured(f"VISUALSEARCH['{key}_OPTIONS'] must be a dict.")
     try:
         return encoder_class(**options)
     except TypeError as exc:
         raise ImproperlyConfigured(
-            f"VISUALSEARCH['TEXT_ENCODER_OPTIONS'] do not fit {encoder_class.__name__}: {exc}"
+            f"VISUALSEARCH['{key}_OPTIONS'] do not fit {encoder_class.__name__}: {exc}"
         ) from exc

