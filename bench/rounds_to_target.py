@@ -200,6 +200,10 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=None, help="RECOMMEND_SHOWN_MEMORY")
     parser.add_argument("--diversity", type=float, default=None, help="RECOMMEND_DIVERSITY")
     parser.add_argument(
+        "--text-weight", type=float, default=None,
+        help="RECOMMEND_TEXT_WEIGHT (0: image vectors only; needs TEXT_MODEL)",
+    )  # fmt: skip
+    parser.add_argument(
         "--held-out", type=float, default=None,
         help="draw the subset from this held-out share (by external id), as visualsearch_adapt",
     )  # fmt: skip
@@ -219,6 +223,7 @@ def main() -> None:
             "RECOMMEND_FOCUS": args.focus,
             "RECOMMEND_SHOWN_MEMORY": args.memory,
             "RECOMMEND_DIVERSITY": args.diversity,
+            "RECOMMEND_TEXT_WEIGHT": args.text_weight,
         }.items()
         if value is not None
     }
@@ -254,6 +259,8 @@ def main() -> None:
                 "RECOMMEND_FOCUS",
                 "RECOMMEND_SHOWN_MEMORY",
                 "RECOMMEND_DIVERSITY",
+                "RECOMMEND_TEXT_WEIGHT",
+                "TEXT_MODEL",
             )
         },
         "encoder": visualsearch_settings.ENCODER,

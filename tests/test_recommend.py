@@ -17,7 +17,7 @@ from django.urls import reverse
 from drf_spectacular.validation import validate_schema
 from rest_framework.test import APIClient
 
-from shop.catalog.models import Category, Product, ProductImage
+from shop.catalog.models import Category, Product, ProductImage, ProductText
 from visualsearch import diversity, recommend
 from visualsearch.pipeline import embed_images
 from visualsearch.recommend import (
@@ -30,6 +30,7 @@ from visualsearch.recommend import (
     record_view,
     viewed_products,
 )
+from visualsearch.texts import embed_texts
 
 pytestmark = pytest.mark.django_db
 
@@ -229,6 +230,7 @@ def test_shown_memory_setting(catalog, settings):
         ("RECOMMEND_SIZE", 0),
         ("RECOMMEND_HISTORY", "10"),
         ("RECOMMEND_DIVERSITY", -0.1),
+        ("RECOMMEND_TEXT_WEIGHT", 2),
     ],
 )
 def test_bad_settings_name_the_key(catalog, settings, key, value):
@@ -237,6 +239,62 @@ def test_bad_settings_name_the_key(catalog, settings, key, value):
     with pytest.raises(ImproperlyConfigured, match=key):
         record_view(session, catalog[0])
         recommend_for_session(session)
+
+
+@pytest.fixture
+def worded(settings, make_product):
+    """Text search on; boots and a scarf that share a photo, and boots with another photo."""
+    vary(settings, TEXT_MODEL="catalog.ProductText")
+    items = {
+        "viewed": ("Black leather ankle boots", "red", "square"),
+        "same words": ("Black leather winter boots", "blue", "circle"),
+        "same photo": ("Green knitted wool scarf", "red", "square"),
+        "neither": ("Yellow cotton summer dress", "cyan", "stripes"),
+    }
+    products = {}
+    for key, (name, colour, shape) in items.items():
+        products[key] = make_product(color=colour, shape=shape)
+        products[key].name = name
+        products[key].save()  # the text row follows the product's words
+    embed_images(ProductImage.objects.values_list("pk", flat=True))
+    embed_texts(ProductText.objects.values_list("pk", flat=True))
+    return products
+
+
+def test_text_weight_blends_image_and_text_similarity(worded, settings):
+    viewed = [worded["viewed"].pk]
+    vary(settings, RECOMMEND_TEXT_WEIGHT=0)
+    by_image = recommend.recommend(viewed, 3, exploration=0)
+    assert by_image[0] == worded["same photo"]
+    vary(settings, RECOMMEND_TEXT_WEIGHT=1)
+    by_words = recommend.recommend(viewed, 3, exploration=0)
+    assert by_words[0] == worded["same words"]
+
+    vary(settings, RECOMMEND_TEXT_WEIGHT=0.4)
+    blended = recommend.recommend(viewed, 3, exploration=0)
+    image = diversity.product_vectors(pks(blended))
+    text = diversity.product_vectors(pks(blended), model=ProductText)
+    image_pref = diversity.unit(preference_vector(viewed))
+    text_pref = diversity.unit(preference_vector(viewed, model=ProductText))
+    for product in blended:  # the score is the weighted sum of both similarities
+        expected = 0.6 * image[product.pk] @ image_pref + 0.4 * text[product.pk] @ text_pref
+        assert product.similarity == pytest.approx(float(expected), abs=1e-4)
+        assert product.recommendation == SIMILAR
+    assert [p.similarity for p in blended] == sorted((p.similarity for p in blended), reverse=True)
+
+
+def test_text_weight_is_ignored_without_text_search(catalog, twin, settings):
+    vary(settings, RECOMMEND_TEXT_WEIGHT=1)  # TEXT_MODEL is None in the suite
+    assert recommend.recommend([catalog[0].pk], 3, exploration=0)[0] == twin
+
+
+def test_products_without_a_text_vector_still_count_by_their_image(worded, settings, make_product):
+    vary(settings, RECOMMEND_TEXT_WEIGHT=0.5)
+    ProductText.objects.filter(product=worded["same photo"]).delete()
+    products = recommend.recommend([worded["viewed"].pk], 3, exploration=0)
+    assert worded["same photo"] in products
+    same_photo = products[products.index(worded["same photo"])]
+    assert same_photo.similarity == pytest.approx(0.5, abs=0.01)  # image half only, same photo
 
 
 def test_recommendation_query_count(catalog, django_assert_max_num_queries):

@@ -84,6 +84,10 @@ DEFAULTS: dict[str, Any] = {
     "RECOMMEND_FOCUS": 0.7,
     # Recommended products the session remembers so as not to show them again (0: none).
     "RECOMMEND_SHOWN_MEMORY": 300,
+    # With text search on (TEXT_MODEL), the share of the near picks' similarity that comes
+    # from the product-text vectors (names, descriptions); the rest from the image vectors.
+    # 0: images only. Ignored while TEXT_MODEL is None.
+    "RECOMMEND_TEXT_WEIGHT": 0.5,
     # Text search over product names and descriptions (None: off). "app_label.ModelName" of
     # the host's product-text model (it includes EmbeddedText, one row per product).
     "TEXT_MODEL": None,

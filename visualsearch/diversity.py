@@ -25,18 +25,19 @@ def unit(matrix: np.ndarray) -> np.ndarray:
     return matrix / np.where(norms > 0, norms, 1.0)
 
 
-def product_vectors(pks: Iterable[Any]) -> dict[Any, np.ndarray]:
+def product_vectors(pks: Iterable[Any], model: type | None = None) -> dict[Any, np.ndarray]:
     """``{pk: unit vector}`` for those of the products ``pks`` that have a ready image.
 
-    One query; a product with several ready images gets the mean of their vectors.
+    One query; a product with several ready images gets the mean of their vectors. ``model``
+    reads another embedding model keyed by product instead (the product-text model).
     """
     pks = list(pks)
     if not pks:
         return {}
     product_field = visualsearch_settings.PRODUCT_FIELD
-    images = get_image_model().objects.ready()
-    attname = images.model._meta.get_field(product_field).attname
-    return _per_product(images.filter(**{f"{attname}__in": pks}), attname)
+    rows = (model or get_image_model()).objects.ready()
+    attname = rows.model._meta.get_field(product_field).attname
+    return _per_product(rows.filter(**{f"{attname}__in": pks}), attname)
 
 
 def sample_vectors(

@@ -88,12 +88,19 @@ def fulltext_ranking(text: str, limit: int, **filters: Any) -> list:
 
 
 def semantic_ranking(
-    text: str, limit: int, *, vector: np.ndarray | None = None, **filters: Any
+    text: str,
+    limit: int,
+    *,
+    vector: np.ndarray | None = None,
+    exclude: Iterable[Any] = (),
+    **filters: Any,
 ) -> list:
     """Product pks whose text vectors are nearest to the description's, best first.
 
-    The HNSW index serves the query (iterative scans keep filtered queries going); when it
-    comes back short, an exact scan over the filtered rows follows.
+    ``vector`` stands for the description's vector when given (``text`` is then not read);
+    products in ``exclude`` (pks) are left out. The HNSW index serves the query (iterative
+    scans keep filtered queries going); when it comes back short, an exact scan over the
+    filtered rows follows.
     """
     from visualsearch.query import _fetch
 
@@ -104,6 +111,9 @@ def semantic_ranking(
     distance = CosineDistance("embedding", np.asarray(vector, dtype=np.float32))
     ready = _text_rows(get_text_model().objects.ready(), filters)
     product_field = visualsearch_settings.PRODUCT_FIELD
+    exclude = list(exclude)
+    if exclude:
+        ready = ready.exclude(**{f"{product_field}__in": exclude})
     found = _fetch(ready.annotate(distance=distance).order_by("distance"), product_field, limit)
     if len(found) < limit:  # "+ 0" hides the ordering from the index: an exact scan
         exact = ready.annotate(distance=distance + Value(0.0)).order_by("distance")

@@ -33,7 +33,12 @@ from django.db.models import Avg, Q
 from pgvector.django import CosineDistance
 
 from visualsearch import diversity
-from visualsearch.conf import get_image_model, get_product_model, visualsearch_settings
+from visualsearch.conf import (
+    get_image_model,
+    get_product_model,
+    get_text_model,
+    visualsearch_settings,
+)
 from visualsearch.query import nearest_products
 
 __all__ = [
@@ -129,19 +134,22 @@ def _write(session: Any, key: str, pks: list, limit: int) -> list:
 # --- recommendations ------------------------------------------------------------------------
 
 
-def preference_vector(viewed: Sequence[Any], focus: float | None = None) -> np.ndarray | None:
+def preference_vector(
+    viewed: Sequence[Any], focus: float | None = None, *, model: type | None = None
+) -> np.ndarray | None:
     """Mean vector of the ``viewed`` products (pks, most recent last); ``None`` if none embedded.
 
     Only products whose vector is within cosine similarity ``focus`` (``RECOMMEND_FOCUS``) of
     the latest one's count; ``0`` averages them all. Every ready image counts once. One or two
-    ``AVG(embedding)`` queries.
+    ``AVG(embedding)`` queries. ``model`` averages another embedding model keyed by product
+    instead of the image model (the product-text model: the preference in text space).
     """
     viewed = list(viewed)
     if not viewed:
         return None
     focus = _setting_share("RECOMMEND_FOCUS") if focus is None else float(focus)
     product_field = visualsearch_settings.PRODUCT_FIELD
-    images = get_image_model().objects.ready()
+    images = (model or get_image_model()).objects.ready()
     if focus > 0 and len(viewed) > 1:
         latest = _mean(images.filter(**{product_field: viewed[-1]}))
         if latest is not None:  # one pass over the viewed products' images (their index)
@@ -178,7 +186,8 @@ def recommend(
         raise ValueError(f"exploration must be between 0 and 1, got {exploration!r}.")
     strategy = _strategy(strategy)
     viewed, exclude = list(viewed), list(exclude)
-    preference = preference_vector(viewed)
+    image_preference = preference_vector(viewed)
+    preference = None if image_preference is None else _Preference(image_preference, viewed)
     explore_count = k if preference is None else round(k * exploration)
     seen = set(viewed) | set(exclude)
 
@@ -216,24 +225,82 @@ def recommend_for_session(
     return products
 
 
-def _similar(preference: Any, count: int, exclude: set, queryset: Any, filters: dict) -> list:
-    """``count`` products near ``preference``, spread apart by maximal marginal relevance."""
+class _Preference:
+    """The shopper's preference: the image vector, and the text vector where text counts."""
+
+    def __init__(self, image: np.ndarray, viewed: list) -> None:
+        self.image = image
+        self.text, self.text_weight = None, 0.0
+        text_model = get_text_model()
+        weight = _setting_share("RECOMMEND_TEXT_WEIGHT")
+        if text_model is not None and weight > 0:
+            self.text = preference_vector(viewed, model=text_model)
+            self.text_weight = weight if self.text is not None else 0.0
+
+
+def _similar(
+    preference: _Preference, count: int, exclude: set, queryset: Any, filters: dict
+) -> list:
+    """``count`` products near ``preference``, spread apart by maximal marginal relevance.
+
+    With text counting, the products nearest in text space join the image neighbours, and
+    each candidate's relevance is the weighted sum of its image and text similarities.
+    """
     if count < 1:
         return []
-    pool = nearest_products(
-        preference, count * SIMILAR_POOL, exclude=exclude, queryset=queryset, **filters
-    )
-    if len(pool) > count:
+    size = count * SIMILAR_POOL
+    pool = nearest_products(preference.image, size, exclude=exclude, queryset=queryset, **filters)
+    if preference.text_weight:
+        pool = _with_text_neighbours(pool, preference, count, exclude, queryset, filters)
+    elif len(pool) > count:
         vectors = diversity.product_vectors(product.pk for product in pool)
-        dimensions = len(preference)
+        dimensions = len(preference.image)
         matrix = np.stack([vectors.get(p.pk, np.zeros(dimensions)) for p in pool])
         relevance = np.array([product.similarity for product in pool])
-        weight = 1.0 - _setting_share("RECOMMEND_DIVERSITY")
-        chosen = diversity.maximal_marginal_relevance(relevance, matrix, count, weight)
-        pool = [pool[index] for index in sorted(chosen)]  # nearest first
+        pool = _spread(pool, relevance, matrix, count)
+    pool = pool[:count]
     for product in pool:
         product.recommendation = SIMILAR
     return pool
+
+
+def _with_text_neighbours(
+    pool: list, preference: _Preference, count: int, exclude: set, queryset: Any, filters: dict
+) -> list:
+    """``count`` of ``pool`` (image neighbours) and the text neighbours of the preference,
+    ranked by the weighted sum of image and text similarity, spread by maximal marginal
+    relevance."""
+    from visualsearch.hybrid import semantic_ranking
+
+    known = {product.pk for product in pool}
+    size = count * SIMILAR_POOL
+    text_pks = semantic_ranking("", size, vector=preference.text, exclude=exclude, **filters)
+    pool = pool + _load([pk for pk in text_pks if pk not in known], queryset)
+    pks = [product.pk for product in pool]
+    weight = preference.text_weight
+    parts = []  # unit rows of each space (zeros where a product has no vector), scaled
+    relevance = np.zeros(len(pool), dtype=np.float32)
+    for model, vector, share in (
+        (None, preference.image, 1.0 - weight),
+        (get_text_model(), preference.text, weight),
+    ):
+        vectors = diversity.product_vectors(pks, model=model)
+        matrix = np.stack([vectors.get(pk, np.zeros(len(vector), np.float32)) for pk in pks])
+        relevance += share * (matrix @ diversity.unit(vector))
+        parts.append(np.sqrt(share) * matrix)
+    for product, value in zip(pool, relevance, strict=True):
+        product.similarity = float(value)
+        product.distance = 1.0 - float(value)
+    order = np.argsort(-relevance, kind="stable")
+    pool, relevance = [pool[i] for i in order], relevance[order]
+    return _spread(pool, relevance, np.concatenate(parts, axis=1)[order], count)
+
+
+def _spread(pool: list, relevance: np.ndarray, matrix: np.ndarray, count: int) -> list:
+    """The ``count`` of ``pool`` that maximal marginal relevance keeps, nearest first."""
+    weight = 1.0 - _setting_share("RECOMMEND_DIVERSITY")
+    chosen = diversity.maximal_marginal_relevance(relevance, matrix, count, weight)
+    return [pool[index] for index in sorted(chosen)]
 
 
 def _diverse(count: int, covered: list, exclude: set, queryset: Any, filters: dict) -> list:
@@ -289,7 +356,12 @@ def check_settings() -> None:
     _setting_int("RECOMMEND_SIZE", minimum=1)
     _setting_int("RECOMMEND_HISTORY", minimum=1)
     _setting_int("RECOMMEND_SHOWN_MEMORY", minimum=0)
-    for name in ("RECOMMEND_EXPLORATION", "RECOMMEND_DIVERSITY", "RECOMMEND_FOCUS"):
+    for name in (
+        "RECOMMEND_EXPLORATION",
+        "RECOMMEND_DIVERSITY",
+        "RECOMMEND_FOCUS",
+        "RECOMMEND_TEXT_WEIGHT",
+    ):
         _setting_share(name)
     _strategy(None)
 
