@@ -9,6 +9,8 @@ with ``distance`` (cosine distance of the best-matching image) and ``similarity`
 from __future__ import annotations
 
 import json
+import time
+from functools import partial
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -18,6 +20,7 @@ from django.db.models.functions import Cast
 from pgvector.django import CosineDistance, HalfVectorField
 from PIL import Image
 
+from visualsearch import statements
 from visualsearch.conf import get_image_model, get_product_model, visualsearch_settings
 from visualsearch.encoders import TextEncodingNotSupported, get_encoder
 from visualsearch.encoders.base import l2_normalize
@@ -46,21 +49,8 @@ def similar_products(product: Any, k: int = 8, *, queryset: Any = None, **filter
     ``select_related``/``prefetch_related``). Returns ``[]`` while the product has no ready
     embedding.
     """
-    product_field = visualsearch_settings.PRODUCT_FIELD
-    model = get_image_model()
-    field = model._meta.get_field("embedding")
-    # The mean is computed in the k-NN query itself (a subquery Postgres runs once, before
-    # the index scan): no vector travels to Python and back. Cosine distance ignores length,
-    # so the mean needs no normalising; no ready image makes it NULL, and no row matches.
-    mean = Subquery(
-        model.objects.ready()
-        .filter(**{product_field: product})
-        .values(product_field)
-        .annotate(mean=Avg("embedding", output_field=field))
-        .values("mean"),
-        output_field=field,
-    )
-    return _nearest(mean, k, exclude=product, queryset=queryset, nullable=True, **filters)
+    pk = getattr(product, "pk", product)
+    return _nearest(k, {"mean_of": pk, "exclude": pk}, queryset=queryset, **filters)
 
 
 def search_by_image(
@@ -151,48 +141,51 @@ def nearest_products(
     exact scan. ``exclude`` is a product, or a list, set or tuple of product primary keys, to
     leave out.
     """
-    return _nearest(
-        _vector_literal(vector), k, exclude=exclude, exact=exact, queryset=queryset, **filters
-    )
+    values: dict[str, Any] = {"vector": _vector_text(vector)}
+    if isinstance(exclude, list | set | frozenset | tuple):
+        values["exclude"] = list(exclude)
+    elif exclude is not None:
+        values["exclude"] = getattr(exclude, "pk", exclude)
+    return _nearest(k, values, exact=exact, queryset=queryset, **filters)
 
 
 def _nearest(
-    query: Any,
-    k: int,
-    *,
-    exclude: Any = None,
-    exact: bool = False,
-    queryset: Any = None,
-    nullable: bool = False,
-    **filters: Any,
+    k: int, values: dict[str, Any], *, exact: bool = False, queryset: Any = None, **filters: Any
 ) -> list:
-    """``nearest_products`` for a query vector given as an SQL expression (a literal, or
-    the subquery of ``similar_products``). A ``nullable`` query that is NULL matches no row
-    (a one-time filter: Postgres checks it before it scans anything)."""
+    """``nearest_products`` for the query ``values``: ``vector`` (its text form) or
+    ``mean_of`` (a product pk: the mean of its ready image vectors, computed inside the k-NN
+    statement; a product without any matches no row), and ``exclude`` (a pk or a list).
+
+    Each statement is compiled once per shape (:mod:`visualsearch.statements`); filters whose
+    values cannot be keyed are compiled per call.
+    """
     if k < 1:
         return []
-    product_field = visualsearch_settings.PRODUCT_FIELD
-    images = get_image_model().objects.ready()
-    if isinstance(exclude, list | set | frozenset | tuple):
-        if exclude:
-            images = images.exclude(**{f"{product_field}__in": list(exclude)})
-    elif exclude is not None:
-        images = images.exclude(**{product_field: exclude})
+    model = get_image_model()
+    db = model.objects.db
+    frozen = tuple(sorted((name, statements.freeze(value)) for name, value in filters.items()))
+    cacheable = all(value is not None for _name, value in frozen)
     if filters:
-        images = images.filter(
-            **{f"{product_field}__{key}": value for key, value in filters.items()}
-        )
-        exact = exact or prefers_exact_scan(images)
-    distance = _distance(images.model, query)
-    if nullable:
-        images = images.alias(query_vector=query).filter(query_vector__isnull=False)
+        exact = exact or _prefers_exact(model, filters, frozen if cacheable else None)
+    exclude = values.get("exclude")
+    shape = (
+        db,
+        model._meta.label,
+        model.embedding_encoder().model_id,
+        model._meta.get_field("embedding").dimensions,
+        bool(visualsearch_settings.HNSW_HALFVEC),
+        "mean_of" in values,
+        len(exclude) if isinstance(exclude, list) else exclude is not None,
+        frozen,
+    )
     fetch = k * OVERFETCH
     while True:
-        # "+ 0" hides the ordering from the index: an exact scan over the filtered rows.
-        order = distance + Value(0.0) if exact else distance
-        rows = _fetch(
-            images.annotate(distance=order).order_by("distance"), product_field, fetch, exact
-        )
+        build = partial(_knn_queryset, model, limit=fetch, exact=exact, filters=filters)
+        if cacheable:
+            sql, params = statements.compiled((*shape, fetch, exact), build, values)
+        else:
+            sql, params = build(values).query.sql_with_params()
+        rows = _run(sql, params, db, fetch, exact)
         best = _best_per_product(rows)
         if len(best) >= k or fetch >= MAX_FETCH:
             break
@@ -203,6 +196,78 @@ def _nearest(
         else:
             fetch *= 4
     return _load_products(best[:k], queryset)
+
+
+def _knn_queryset(model: type, values: dict, *, limit: int, exact: bool, filters: dict) -> Any:
+    """``(product pk, distance)`` of the ``limit`` nearest ready images, as a queryset."""
+    product_field = visualsearch_settings.PRODUCT_FIELD
+    images = model.objects.ready()
+    exclude = values.get("exclude")
+    if isinstance(exclude, list):
+        if exclude:
+            images = images.exclude(**{f"{product_field}__in": exclude})
+    elif exclude is not None:
+        images = images.exclude(**{product_field: exclude})
+    if filters:
+        images = images.filter(**_product_lookups(filters))
+    if "mean_of" in values:
+        field = model._meta.get_field("embedding")
+        # The mean is computed in the k-NN query itself (a subquery Postgres runs once,
+        # before the index scan): no vector travels to Python and back. Cosine distance
+        # ignores length, so the mean needs no normalising; no ready image makes it NULL, and
+        # then no row matches (a one-time filter: Postgres checks it before it scans).
+        query = Subquery(
+            model.objects.ready()
+            .filter(**{product_field: values["mean_of"]})
+            .values(product_field)
+            .annotate(mean=Avg("embedding", output_field=field))
+            .values("mean"),
+            output_field=field,
+        )
+        images = images.alias(query_vector=query).filter(query_vector__isnull=False)
+    else:
+        query = Value(values["vector"])
+    distance = _distance(model, query)
+    # "+ 0" hides the ordering from the index: an exact scan over the filtered rows.
+    order = distance + Value(0.0) if exact else distance
+    attname = model._meta.get_field(product_field).attname
+    return (
+        images.annotate(distance=order)
+        .order_by("distance")
+        .values_list(attname, "distance")[:limit]
+    )
+
+
+def _product_lookups(filters: dict) -> dict:
+    product_field = visualsearch_settings.PRODUCT_FIELD
+    return {f"{product_field}__{key}": value for key, value in filters.items()}
+
+
+#: Seconds a planner estimate for a filter is reused (:func:`_prefers_exact`).
+ESTIMATE_TTL = 60.0
+_estimates: dict[tuple, tuple[float, bool]] = {}
+
+
+def _prefers_exact(model: type, filters: dict, frozen: tuple | None) -> bool:
+    """:func:`prefers_exact_scan` for the ready images matching ``filters``; the answer for
+    one ``frozen`` filter is reused for ``ESTIMATE_TTL`` seconds (it changes with ANALYZE)."""
+    key = None
+    if frozen is not None:
+        key = (
+            model.objects.db,
+            model._meta.label,
+            int(visualsearch_settings.EXACT_SEARCH_MAX_ROWS),
+            frozen,
+        )
+        cached = _estimates.get(key)
+        if cached is not None and time.monotonic() - cached[0] < ESTIMATE_TTL:
+            return cached[1]
+    answer = prefers_exact_scan(model.objects.ready().filter(**_product_lookups(filters)))
+    if key is not None:
+        if len(_estimates) > statements.SIZE:
+            _estimates.clear()
+        _estimates[key] = (time.monotonic(), answer)
+    return answer
 
 
 def prefers_exact_scan(images: Any) -> bool:
@@ -230,11 +295,10 @@ def estimated_rows(queryset: Any) -> float:
     return float(plan[0]["Plan"]["Plan Rows"])
 
 
-def _vector_literal(vector: np.ndarray) -> Value:
-    """The query vector as an SQL literal: ``'[0.1,0.2,…]'``."""
+def _vector_text(vector: np.ndarray) -> str:
+    """The query vector in pgvector's text form: ``'[0.1,0.2,…]'``."""
     # json writes the floats in C: several times faster than pgvector's own text for 512-d.
-    vector = np.asarray(vector, dtype=np.float32)
-    return Value(json.dumps(vector.tolist(), separators=(",", ":")))
+    return json.dumps(np.asarray(vector, dtype=np.float32).tolist(), separators=(",", ":"))
 
 
 def _distance(model: type, query: Any) -> Any:
@@ -250,23 +314,31 @@ def _distance(model: type, query: Any) -> Any:
 
 
 def _fetch(queryset, product_field: str, limit: int, exact: bool = False) -> list[tuple]:
-    """Evaluate ``queryset[:limit]``; through the index with the HNSW settings (SET LOCAL).
+    """Evaluate ``queryset[:limit]`` as ``(product pk, distance)`` rows (see :func:`_run`)."""
+    attname = queryset.model._meta.get_field(product_field).attname
+    sql, params = queryset.values_list(attname, "distance")[:limit].query.sql_with_params()
+    return _run(sql, params, queryset.db, limit, exact)
+
+
+def _run(sql: str, params: tuple, db: str, limit: int, exact: bool = False) -> list[tuple]:
+    """Run a k-NN statement; through the index with the HNSW settings (SET LOCAL).
 
     The index settings go in one statement inside the query's transaction; an exact scan
     needs neither them nor the transaction.
     """
-    attname = queryset.model._meta.get_field(product_field).attname
-    rows = queryset.values_list(attname, "distance")[:limit]
     if exact:
-        return list(rows)
+        with connections[db].cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
     ef_search = min(max(int(visualsearch_settings.HNSW_EF_SEARCH), limit), 1000)
-    with transaction.atomic(using=queryset.db):
-        with connections[queryset.db].cursor() as cursor:
+    with transaction.atomic(using=db):
+        with connections[db].cursor() as cursor:
             cursor.execute(
                 f"SET LOCAL hnsw.ef_search = {ef_search}; "
                 "SET LOCAL hnsw.iterative_scan = relaxed_order"
             )
-        return list(rows)
+            cursor.execute(sql, params)
+            return cursor.fetchall()
 
 
 def _best_per_product(rows: list[tuple]) -> list[tuple]:

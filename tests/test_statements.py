@@ -1,0 +1,115 @@
+"""Compiled statements reused by shape: the same SQL and parameters as a fresh compile."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+import numpy as np
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from shop.catalog.models import Category, Product, ProductImage
+from visualsearch import statements
+from visualsearch.query import nearest_products, similar_products
+from visualsearch.statements import compiled, freeze
+
+pytestmark = pytest.mark.django_db
+
+
+def by_name(values):
+    products = Product.objects.filter(name__startswith="p")
+    if values["exclude"]:
+        products = products.exclude(pk__in=values["exclude"])
+    return products.filter(name=values["name"], category_id=values["category"])
+
+
+def fresh(values):
+    return by_name(values).query.sql_with_params()
+
+
+def test_later_calls_swap_the_values_into_the_compiled_statement():
+    statements.clear()
+    first = {"name": "p1", "category": 1, "exclude": [4, 5]}
+    second = {"name": "p2", "category": 7, "exclude": [8, 9]}
+    assert compiled("names", by_name, first) == fresh(first)
+    assert compiled("names", by_name, second) == fresh(second)
+    sql, params = compiled("names", by_name, second)
+    assert "-2000000" not in sql and "\x00" not in str(params)  # no marker left behind
+
+
+def test_a_shape_the_markers_cannot_stand_for_is_compiled_per_call():
+    def upper(values):  # the ORM never sees the marker: it is transformed first
+        return Product.objects.filter(name=values["name"].upper())
+
+    statements.clear()
+    assert compiled("upper", upper, {"name": "a"}) == upper({"name": "a"}).query.sql_with_params()
+    assert compiled("upper", upper, {"name": "b"})[1] == ("B",)
+    assert compiled("other", by_name, {"name": 1.5, "category": 1, "exclude": []}) == fresh(
+        {"name": 1.5, "category": 1, "exclude": []}
+    )
+
+
+def test_the_cache_is_bounded(monkeypatch):
+    statements.clear()
+    monkeypatch.setattr(statements, "SIZE", 3)
+    for number in range(10):
+        compiled(("n", number), by_name, {"name": "p", "category": number, "exclude": []})
+    assert len(statements._cache) == 3
+
+
+def test_freeze_keys_only_values_that_compile_alike(category):
+    assert freeze(3) != freeze(True) and freeze(1) != freeze(1.0)
+    assert freeze(category) == ("catalog.Category", category.pk)
+    assert freeze([1, Decimal("2.5")]) == ("seq", (("int", 1), ("Decimal", Decimal("2.5"))))
+    assert freeze({1, 2}) is None and freeze(Category.objects.all()) is None
+    assert freeze(Category(name="unsaved")) is None
+
+
+@pytest.fixture
+def vectors(make_product, category):
+    """Six products with ready random unit vectors, two of them in another category."""
+    other = Category.objects.create(name="Other", slug="other")
+    products = [make_product(category=other if i < 2 else category) for i in range(6)]
+    dimensions = ProductImage._meta.get_field("embedding").dimensions
+    rng = np.random.default_rng(3)
+    matrix = rng.standard_normal((6, dimensions)).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    from visualsearch.encoders import get_encoder
+
+    model_id = get_encoder().model_id
+    for product, vector in zip(products, matrix, strict=True):
+        product.images.update(embedding=vector, embedding_status="ready", embedding_model=model_id)
+    return products, matrix, other
+
+
+def test_queries_through_cached_statements_match_brute_force(vectors):
+    products, matrix, other = vectors
+    statements.clear()
+    for index, product in enumerate(products):  # one shape, six different products
+        similar = similar_products(product, 3)
+        order = [i for i in np.argsort(-(matrix @ matrix[index])) if i != index][:3]
+        assert [p.pk for p in similar] == [products[i].pk for i in order]
+        nearest = nearest_products(matrix[index], 2, exclude=[products[index].pk])
+        assert [p.pk for p in nearest] == [products[i].pk for i in order[:2]]
+    shapes = len(statements._cache)
+    assert 1 <= shapes <= 4  # similar and nearest shapes, not one per product
+    filtered = similar_products(products[0], 3, category=other)
+    assert [p.pk for p in filtered] == [products[1].pk]
+
+
+def test_cached_statements_send_the_same_queries(vectors):
+    products, _matrix, _other = vectors
+    statements.clear()
+    similar_products(products[0], 3)
+    with CaptureQueriesContext(connection) as cold:
+        statements.clear()
+        similar_products(products[1], 3)
+    with CaptureQueriesContext(connection) as warm:
+        similar_products(products[1], 3)
+
+    def sql(queries):  # savepoint names count up
+        return [re.sub(r'"s\d+_x\d+"', "SP", q["sql"]) for q in queries.captured_queries]
+
+    assert sql(warm) == sql(cold) and any("<=>" in q for q in sql(warm))
