@@ -3,6 +3,7 @@
     .venv/bin/python bench/text_search.py                 # the demo database, as it is
     .venv/bin/python bench/text_search.py --embed         # (re-)embed every product text first
     .venv/bin/python bench/text_search.py --csv PATH --k 10 --min-relevant 10
+    .venv/bin/python bench/text_search.py --bridge .cache/visualsearch-bridge.npz   # + the bridge
 
 Runs against the demo database (default settings: the embedded Postgres, database
 ``visualsearch``, or ``DATABASE_URL``), which ``make demo`` fills with the 6,573 products of
@@ -18,6 +19,17 @@ count as misses) and query latency for each method:
 * ``semantic``: the text encoder's query vector, nearest product-text vectors (HNSW);
 * ``hybrid RRF``: both fused by reciprocal rank fusion (what ``search(text=…)`` serves).
 
+With ``--bridge FILE`` (from ``manage.py visualsearch_bridge``, trained for the demo's text and
+image models), three more:
+
+* ``bridge (image)``: the photos ranked by the bridged text vector alone (HNSW);
+* ``hybrid + bridge``: that image ranking fused with the hybrid ranking by reciprocal rank
+  fusion, as ``search(text=…)`` does with ``TEXT_BRIDGE`` set;
+* ``bridge (held-out photos)`` and ``bridge (seen photos)``: the bridged ranking over the
+  products the bridge never trained on only (its held-out split), and over as many products
+  drawn from its training split: whether it needs to have seen a product's photo (equal
+  gallery sizes, so equal ceilings; neither compares with the whole-catalog columns).
+
 Prints a table and writes ``bench/results/text-search.json``.
 """
 
@@ -28,6 +40,7 @@ import csv
 import json
 import os
 import platform
+import random
 import sys
 import time
 from collections import Counter, defaultdict
@@ -80,6 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rrf-k", type=int, nargs="*", default=[10, 200], help="RRF k values to compare too"
     )
+    parser.add_argument("--bridge", type=Path, help="text bridge file to measure too")
     parser.add_argument("--out", type=Path, default=BASE_DIR / "bench/results/text-search.json")
     return parser.parse_args(argv)
 
@@ -113,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     from django.db.models import Q
 
     from shop.catalog.models import Product, ProductText
+    from visualsearch.adapt import is_held_out
+    from visualsearch.bridge import load_bridge
     from visualsearch.conf import visualsearch_settings
     from visualsearch.encoders import get_text_encoder
     from visualsearch.hybrid import (
@@ -121,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         semantic_ranking,
         text_ranking,
     )
+    from visualsearch.query import nearest_products
     from visualsearch.texts import embed_texts, product_batches, sync_texts
 
     with args.csv.open(newline="") as handle:
@@ -166,6 +183,23 @@ def main(argv: list[str] | None = None) -> None:
             condition &= Q(name__icontains=word) | Q(description__icontains=word)
         return list(Product.objects.filter(condition).values_list("pk", flat=True)[:k])
 
+    bridge, galleries = None, {}
+    if args.bridge:
+        bridge = load_bridge(args.bridge)  # refuses a file trained for other models
+        meta = bridge.meta
+        split: dict[bool, list] = {True: [], False: []}
+        for pk, key in Product.objects.order_by("pk").values_list("pk", meta["split_key"]):
+            split[is_held_out(key, meta["holdout"], meta["split_seed"])].append(pk)
+        if split[True]:
+            galleries = {
+                "bridge (held-out photos)": split[True],
+                "bridge (seen photos)": random.Random(0).sample(split[False], len(split[True])),
+            }
+    light = Product._base_manager.only("pk")
+
+    def image_ranking(vector: np.ndarray, limit: int, **filters: Any) -> list:
+        return [p.pk for p in nearest_products(vector, limit, queryset=light, **filters)]
+
     k = args.k
     candidates = max(int(visualsearch_settings.RRF_CANDIDATES), k)
     rrf_ks = sorted({int(visualsearch_settings.RRF_K), *args.rrf_k})
@@ -198,6 +232,19 @@ def main(argv: list[str] | None = None) -> None:
             latency["query encoding"][-1] + latency["semantic, database"][-1]
         )
         latency["hybrid RRF"].append(latency["semantic"][-1] + latency["full-text"][-1])
+        if bridge is not None:
+            # What search(text=…) adds with TEXT_BRIDGE set (visualsearch.hybrid.hybrid_search).
+            bridged = timed("bridge projection", bridge.apply, vector[None, :])[0]
+            images = timed("bridge, database", image_ranking, bridged, candidates)
+            hybrid = found[f"hybrid RRF k={visualsearch_settings.RRF_K}"]
+            fused = reciprocal_rank_fusion([images, hybrid], k=int(visualsearch_settings.RRF_K))
+            found["bridge (image)"] = images
+            found["hybrid + bridge"] = [pk for pk, _score in fused]
+            bridge_ms = latency["bridge projection"][-1] + latency["bridge, database"][-1]
+            latency["bridge (image)"].append(latency["query encoding"][-1] + bridge_ms)
+            latency["hybrid + bridge"].append(latency["hybrid RRF"][-1] + bridge_ms)
+            for name, gallery in galleries.items():
+                found[name] = timed(name, image_ranking, bridged, k, pk__in=gallery)
         for name, pks in found.items():
             hits = sum(
                 all(
@@ -213,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
 
     families = [*FAMILIES, "all", PARAPHRASED]
     counts = {family: len(scores["full-text"][family]) for family in families}
-    header = f"{'method':<20}" + "".join(f"{f'{f} ({counts[f]})':>26}" for f in families)
+    header = f"{'method':<26}" + "".join(f"{f'{f} ({counts[f]})':>26}" for f in families)
     print(f"\nprecision@{k}, {len(pk_labels)} products, text model {encoder.model_id}")
     print(header + f"{'p50 ms':>9}{'p95 ms':>9}")
     results = {}
@@ -226,13 +273,15 @@ def main(argv: list[str] | None = None) -> None:
             "latency_ms": {"p50": round(p50, 2), "p95": round(p95, 2)},
         }
         print(
-            f"{name:<20}"
+            f"{name:<26}"
             + "".join(f"{row[f]:>26.3f}" for f in families)
             + f"{p50:>9.1f}{p95:>9.1f}"
         )
 
     parts = {}
-    for name in ("query encoding", "semantic, database"):
+    for name in ("query encoding", "semantic, database", "bridge projection", "bridge, database"):
+        if not latency[name]:
+            continue
         p50, p95 = percentile(latency[name], 50), percentile(latency[name], 95)
         parts[name] = {"p50": round(p50, 2), "p95": round(p95, 2)}
         print(f"  of which {name}: p50 {p50:.1f} ms, p95 {p95:.1f} ms")
@@ -260,6 +309,17 @@ def main(argv: list[str] | None = None) -> None:
         "latency_parts_ms": parts,
         "load_average": round(os.getloadavg()[0], 2),
         "label_verbatim_in_name": verbatim,
+        "bridge": None
+        if bridge is None
+        else {
+            "file": str(args.bridge),
+            "digest": bridge.digest[:12],
+            "gallery_products": {name: len(pks) for name, pks in galleries.items()},
+            # The label queries are label words, not products: no query was trained on. Their
+            # relevant products are in both splits; the held-out numbers of the training run
+            # (a product's own name finding its own photo) are the generalisation measure.
+            **{key: value for key, value in bridge.meta.items() if key != "kind"},
+        },
         "timings": timings,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "date": time.strftime("%Y-%m-%d"),

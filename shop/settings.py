@@ -10,12 +10,14 @@ Everything that differs between a laptop and production comes from the environme
 ``IMPORT_ALLOW_PRIVATE_URLS``, ``MEDIA_ROOT`` and the encoder choice ``VISUALSEARCH_ENCODER``
 (``efficientnet`` — the default, offline, real ImageNet weights —, ``adapted`` — the same
 with the catalog projection at ``VISUALSEARCH_PROJECTION`` — or ``clip``) with
-``VISUALSEARCH_CLIP_MODEL`` (a hub name or a local sentence-transformers directory), and the
+``VISUALSEARCH_CLIP_MODEL`` (a hub name or a local sentence-transformers directory), the
 search API's rate per client ``VISUALSEARCH_API_THROTTLE_RATE`` (DRF's ``N/period``, default
-``120/minute``).
+``120/minute``), and ``VISUALSEARCH_TEXT_BRIDGE``, a text → image bridge file from
+``manage.py visualsearch_bridge`` (used once it exists; unset: no bridge).
 """
 
 import os
+import warnings
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -252,6 +254,17 @@ VISUALSEARCH = {
 # Requests per client (user, else address) the search API answers; raised for load tests.
 if os.environ.get("VISUALSEARCH_API_THROTTLE_RATE"):
     VISUALSEARCH["API_THROTTLE_RATE"] = os.environ["VISUALSEARCH_API_THROTTLE_RATE"]
+# The learned text → image bridge, turned on only from the environment and only once its file
+# exists (a missing one would fail check E005 before `visualsearch_bridge` has written it).
+_text_bridge = os.environ.get("VISUALSEARCH_TEXT_BRIDGE")
+if _text_bridge and Path(_text_bridge).is_file():
+    VISUALSEARCH["TEXT_BRIDGE"] = _text_bridge
+elif _text_bridge:
+    warnings.warn(
+        f"VISUALSEARCH_TEXT_BRIDGE={_text_bridge} does not exist: text search runs without the "
+        f"bridge until `manage.py visualsearch_bridge --out {_text_bridge}` writes it.",
+        stacklevel=1,
+    )
 
 LOGGING = {
     "version": 1,

@@ -25,6 +25,7 @@ VISUALSEARCH = {
     # Text search is off for the suite at large (its tests turn it on: test_text_search.py),
     # so that other tests see only their own queries and tasks.
     "TEXT_MODEL": None,
+    "TEXT_BRIDGE": None,  # whatever VISUALSEARCH_TEXT_BRIDGE says (test_bridge.py sets its own)
 }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # A separate name lets two test runs share one embedded server.

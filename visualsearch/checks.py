@@ -28,7 +28,9 @@ def _version(text: str) -> tuple[int, ...]:
 
 @register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
-    """E005: image model, product field, FILTERS and encoder resolve; W001: a broker is set."""
+    """E005: image model, product field, FILTERS, encoders and the text bridge resolve;
+    W001: a broker is set."""
+    from visualsearch.bridge import check_settings as check_bridge_settings
     from visualsearch.conf import get_product_model
     from visualsearch.encoders import get_encoder
     from visualsearch.filters import get_filters
@@ -44,6 +46,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
         encoder.model_id  # noqa: B018  (an adapted encoder checks its projection file here)
         check_text_settings()
         check_recommend_settings()
+        check_bridge_settings()
     except ImproperlyConfigured as exc:
         messages.append(
             Error(

@@ -103,6 +103,10 @@ DEFAULTS: dict[str, Any] = {
     # each ranking cut after RRF_CANDIDATES products.
     "RRF_K": 60,
     "RRF_CANDIDATES": 100,
+    # Path of a learned text → image bridge (``manage.py visualsearch_bridge``; None: off).
+    # With an image encoder that has no text tower, text search then also ranks the photos
+    # by the bridged vector of the description (fused like a photo's ranking).
+    "TEXT_BRIDGE": None,
 }
 
 # Settings that hold dotted paths, resolved on access under the name with "_CLASS" appended.

@@ -37,7 +37,7 @@ def product_vectors(pks: Iterable[Any], model: type | None = None) -> dict[Any, 
     product_field = visualsearch_settings.PRODUCT_FIELD
     rows = (model or get_image_model()).objects.ready()
     attname = rows.model._meta.get_field(product_field).attname
-    return _per_product(rows.filter(**{f"{attname}__in": pks}), attname)
+    return vectors_by_product(rows.filter(**{f"{attname}__in": pks}), attname)
 
 
 def sample_vectors(
@@ -60,16 +60,21 @@ def sample_vectors(
     return dict(islice(product_vectors(drawn).items(), count))
 
 
-def _per_product(images: Any, attname: str) -> dict[Any, np.ndarray]:
+def vectors_by_product(rows: Any, attname: str) -> dict[Any, np.ndarray]:
+    """``{product pk: unit vector}`` of the ``embedding`` column of ``rows`` (a queryset of
+    image or product-text rows), read in binary; several rows of one product are averaged.
+
+    ``attname`` is the rows' product column (``"product_id"``).
+    """
     binary = Func(F("embedding"), function="vector_send", output_field=BinaryField())
-    pks, rows = [], []
-    for pk, data in images.annotate(vector_bytes=binary).values_list(attname, "vector_bytes"):
+    pks, vectors = [], []
+    for pk, data in rows.annotate(vector_bytes=binary).values_list(attname, "vector_bytes"):
         # vector_send: uint16 dimensions, uint16 unused, then big-endian float32 values.
         pks.append(pk)
-        rows.append(np.frombuffer(bytes(data), dtype=">f4", offset=4))
-    if not rows:
+        vectors.append(np.frombuffer(bytes(data), dtype=">f4", offset=4))
+    if not vectors:
         return {}
-    matrix = np.stack(rows).astype(np.float32)
+    matrix = np.stack(vectors).astype(np.float32)
     groups: dict[Any, list[int]] = {}
     for index, pk in enumerate(pks):
         groups.setdefault(pk, []).append(index)

@@ -9,8 +9,9 @@ Two rankings of the product-text rows (``VISUALSEARCH["TEXT_MODEL"]``) answer a 
   cosine distance over the HNSW index.
 
 They are fused by reciprocal rank fusion (``score = sum 1 / (RRF_K + rank)``), which needs no
-score calibration between the two. A photo (or CLIP's reading of the words) adds the image
-ranking, fused with the text ranking the same way, each half weighing the same.
+score calibration between the two. A photo (or CLIP's reading of the words, or the learned
+text bridge's, ``visualsearch.bridge``) adds the image ranking, fused with the text ranking the
+same way, each half weighing the same.
 """
 
 from __future__ import annotations
@@ -121,11 +122,15 @@ def semantic_ranking(
     return [pk for pk, _distance in found]
 
 
-def text_ranking(text: str, limit: int, **filters: Any) -> list[tuple[Any, float]]:
-    """Full-text and semantic rankings of ``text`` fused: ``[(product pk, score), …]``."""
-    return reciprocal_rank_fusion(
-        [fulltext_ranking(text, limit, **filters), semantic_ranking(text, limit, **filters)]
-    )
+def text_ranking(
+    text: str, limit: int, *, text_vector: np.ndarray | None = None, **filters: Any
+) -> list[tuple[Any, float]]:
+    """Full-text and semantic rankings of ``text`` fused: ``[(product pk, score), …]``.
+
+    ``text_vector`` is the text encoder's vector of ``text`` when the caller has it already.
+    """
+    semantic = semantic_ranking(text, limit, vector=text_vector, **filters)
+    return reciprocal_rank_fusion([fulltext_ranking(text, limit, **filters), semantic])
 
 
 def hybrid_search(
@@ -133,11 +138,14 @@ def hybrid_search(
     k: int = 8,
     *,
     vector: np.ndarray | None = None,
+    text_vector: np.ndarray | None = None,
     queryset: Any = None,
     **filters: Any,
 ) -> list:
     """Products for a description (hybrid text ranking), with the image ranking of ``vector``
-    (a photo's, or CLIP's text vector) fused in when given.
+    (a photo's, CLIP's text vector, or the text bridge's) fused in when given.
+
+    ``text_vector`` is the text encoder's vector of ``text``, when the caller has it already.
 
     Returns product instances best first, annotated with ``score`` (the fused reciprocal-rank
     score) and ``similarity`` (``score`` over the best score possible: 1.0 means ranked first
@@ -149,7 +157,7 @@ def hybrid_search(
         return []
     limit = max(int(visualsearch_settings.RRF_CANDIDATES), k)
     rrf_k = int(visualsearch_settings.RRF_K)
-    fused = text_ranking(text, limit, **filters)
+    fused = text_ranking(text, limit, text_vector=text_vector, **filters)
     if vector is not None:
         light = get_product_model()._base_manager.only("pk")
         images = [p.pk for p in nearest_products(vector, limit, queryset=light, **filters)]

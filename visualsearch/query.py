@@ -89,8 +89,9 @@ def search(
     Without text search (``TEXT_MODEL`` unset) the description is read by the image encoder's
     text tower (CLIP) and its vector averaged with the photo's. With text search on, the
     description is ranked by hybrid text search (``visualsearch.hybrid``), and the image
-    ranking (the photo's, and CLIP's reading of the words where it has a text tower) is fused
-    with it by reciprocal rank fusion; results then carry ``score`` too.
+    ranking (the photo's, and CLIP's reading of the words where it has a text tower, else the
+    learned text bridge's where ``TEXT_BRIDGE`` is set) is fused with it by reciprocal rank
+    fusion; results then carry ``score`` too.
 
     Needs at least one of the two; ``TextEncodingNotSupported`` when ``text`` is given but
     neither text search nor a text tower is configured.
@@ -101,10 +102,19 @@ def search(
     encoder = get_encoder()
     hybrid = bool(text) and bool(visualsearch_settings.TEXT_MODEL)
     vectors = []
+    text_vector = None
     if text and (encoder.supports_text or not hybrid):
         if not encoder.supports_text:
             encoder.encode_texts([text])  # raises TextEncodingNotSupported with the reason
         vectors.append(encoder.encode_texts([text])[0])
+    elif hybrid and visualsearch_settings.TEXT_BRIDGE is not None:
+        # No text tower: the learned bridge reads the words into the image space instead.
+        from visualsearch.bridge import get_bridge
+        from visualsearch.encoders import get_text_encoder
+
+        bridge = get_bridge()
+        text_vector = get_text_encoder().encode_texts([text])[0]
+        vectors.append(bridge.apply(text_vector[None, :])[0])
     if image is not None:
         if not isinstance(image, Image.Image):
             image = open_query_image(
@@ -117,7 +127,9 @@ def search(
     if hybrid:
         from visualsearch.hybrid import hybrid_search
 
-        return hybrid_search(text, k, vector=query, queryset=queryset, **filters)
+        return hybrid_search(
+            text, k, vector=query, text_vector=text_vector, queryset=queryset, **filters
+        )
     return nearest_products(query, k, queryset=queryset, **filters)
 
 

@@ -16,7 +16,6 @@ a replaced file on their next use and reload it, so web and workers never mix tw
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 from PIL import Image
 
+from visualsearch.adapt import ProjectionFile
 from visualsearch.encoders.base import BaseEncoder
 
 
@@ -51,36 +51,29 @@ class AdaptedEncoder(BaseEncoder):
         # The projection keeps the base size unless trained otherwise; known without the file,
         # so that Django starts (and visualsearch_adapt runs) before the first training.
         self.dimensions = dimensions or self.base.dimensions
-        self._loaded: tuple[tuple[int, int], Any] | None = None
-        self._lock = threading.Lock()
+        self._file = ProjectionFile(self.projection_path)
 
-    def projection(self):
+    def projection(self) -> Any:
         """The current projection, reloaded when the file was replaced."""
-        from visualsearch.adapt import Projection
-
         try:
-            stat = self.projection_path.stat()
+            return self._file.get(self._validate)
         except FileNotFoundError:
             raise ImproperlyConfigured(
                 f"The projection {self.projection_path} does not exist yet: train it with "
                 "`manage.py visualsearch_adapt`."
             ) from None
-        signature = (stat.st_mtime_ns, stat.st_size)
-        with self._lock:
-            if self._loaded is None or self._loaded[0] != signature:
-                projection = Projection.load(self.projection_path)
-                if projection.dimensions != self.dimensions:
-                    raise ImproperlyConfigured(
-                        f"{self.projection_path} makes {projection.dimensions}-d vectors; "
-                        f"{self.dimensions}-d are configured."
-                    )
-                if projection.input_dimensions != self.base.dimensions:
-                    raise ImproperlyConfigured(
-                        f"{self.projection_path} was trained on {projection.input_dimensions}-d "
-                        f"features; {self.base.model_id} makes {self.base.dimensions}-d ones."
-                    )
-                self._loaded = (signature, projection)
-            return self._loaded[1]
+
+    def _validate(self, projection: Any) -> None:
+        if projection.dimensions != self.dimensions:
+            raise ImproperlyConfigured(
+                f"{self.projection_path} makes {projection.dimensions}-d vectors; "
+                f"{self.dimensions}-d are configured."
+            )
+        if projection.input_dimensions != self.base.dimensions:
+            raise ImproperlyConfigured(
+                f"{self.projection_path} was trained on {projection.input_dimensions}-d "
+                f"features; {self.base.model_id} makes {self.base.dimensions}-d ones."
+            )
 
     @property
     def model_id(self) -> str:

@@ -18,7 +18,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from visualsearch.adapt import is_held_out, precision_at_k, train_projection
+from visualsearch.adapt import epoch_progress, is_held_out, precision_at_k, train_projection
 from visualsearch.conf import get_image_model, visualsearch_settings
 from visualsearch.encoders import get_encoder
 from visualsearch.encoders.adapted import AdaptedEncoder
@@ -66,15 +66,14 @@ class Command(BaseCommand):
             f"training on {len(train)} images, {len(test)} held out."
         )
         started = time.monotonic()
-        bar = tqdm(
-            total=options["epochs"], unit="epoch", disable=options["no_progress"], file=self.stderr
+        progress = epoch_progress(
+            options["epochs"], disable=options["no_progress"], file=self.stderr
         )
-        projection = train_projection(
-            features[train], [labels[i] for i in train], hidden=options["hidden"],
-            epochs=options["epochs"], seed=options["seed"],
-            on_epoch=lambda epoch, loss: (bar.update(), bar.set_postfix(loss=f"{loss:.3f}")),
-        )  # fmt: skip
-        bar.close()
+        with progress as on_epoch:
+            projection = train_projection(
+                features[train], [labels[i] for i in train], hidden=options["hidden"],
+                epochs=options["epochs"], seed=options["seed"], on_epoch=on_epoch,
+            )  # fmt: skip
         metrics = {"trained_seconds": round(time.monotonic() - started, 1)}
         if len(test):
             metrics["heldout_precision@10_before"] = precision_at_k(
