@@ -32,6 +32,7 @@ def vector_catalog(db):
     ProductImage.objects.bulk_create(
         ProductImage(
             product=product,
+            category=product.category,  # bulk_create skips the signal that copies it
             image=f"products/{product.pk}.jpg",
             embedding=vector,
             embedding_status="ready",

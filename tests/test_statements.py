@@ -125,3 +125,21 @@ def test_cached_statements_send_the_same_queries(vectors):
         return [re.sub(r'"s\d+_x\d+"', "SP", q["sql"]) for q in queries.captured_queries]
 
     assert sql(warm) == sql(cold) and any("<=>" in q for q in sql(warm))
+
+
+def test_filter_values_travel_as_parameters_unless_they_cannot(vectors, category, settings):
+    products, _matrix, other = vectors
+    settings.VISUALSEARCH = {**settings.VISUALSEARCH, "EXACT_SEARCH_MAX_ROWS": 10**9}
+    statements.clear()
+    assert [p.pk for p in similar_products(products[0], 5, category_id=other.pk)] == [
+        products[1].pk
+    ]
+    shapes = len(statements._cache)
+    mine = similar_products(products[2], 5, category_id=category.pk)
+    assert {p.pk for p in mine} == {p.pk for p in products[3:]}
+    assert len(statements._cache) == shapes  # another category: the same two statements
+    Product.objects.filter(pk=products[3].pk).update(in_stock=False)
+    in_stock = similar_products(products[2], 5, in_stock=True, category_id=category.pk)
+    sold_out = similar_products(products[2], 5, in_stock=False, category_id=category.pk)
+    assert [p.pk for p in sold_out] == [products[3].pk]  # a boolean is part of the key
+    assert products[3].pk not in {p.pk for p in in_stock} and len(in_stock) == 2

@@ -10,10 +10,11 @@ class VisualSearchConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.db.models.signals import post_delete, post_init, post_save
+        from django.db.models.signals import post_delete, post_init, post_save, pre_save
 
         from visualsearch import checks  # noqa: F401  (registers the checks)
         from visualsearch.conf import get_image_model, get_product_model
+        from visualsearch.copies import copy_from_product, copy_to_images
         from visualsearch.handlers import (
             image_saved,
             invalidate_renderings,
@@ -31,6 +32,11 @@ class VisualSearchConfig(AppConfig):
         # Text search (VISUALSEARCH["TEXT_MODEL"]): the handler returns at once while it is off.
         post_save.connect(
             product_saved, sender=product_model, dispatch_uid="visualsearch.product_saved"
+        )
+        # Product fields copied onto the image rows (IMAGE_FILTER_FIELDS; no-ops while unset).
+        pre_save.connect(copy_from_product, sender=model, dispatch_uid="visualsearch.copy_from")
+        post_save.connect(
+            copy_to_images, sender=product_model, dispatch_uid="visualsearch.copy_to_images"
         )
         # Cached widgets show images, names and prices: any change to either model drops them.
         for sender in (model, product_model):

@@ -28,10 +28,11 @@ def _version(text: str) -> tuple[int, ...]:
 
 @register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
-    """E005: image model, product field, FILTERS, encoders and the text bridge resolve;
-    W001: a broker is set."""
+    """E005: image model, product field, FILTERS, copies, encoders and the text bridge
+    resolve; W001: a broker is set."""
     from visualsearch.bridge import check_settings as check_bridge_settings
     from visualsearch.conf import get_product_model
+    from visualsearch.copies import copied_fields
     from visualsearch.encoders import get_encoder
     from visualsearch.filters import get_filters
     from visualsearch.recommend import check_settings as check_recommend_settings
@@ -40,6 +41,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
     try:
         get_product_model()
         get_filters()  # every FILTERS lookup fits the product model
+        copied_fields()  # IMAGE_FILTER_FIELDS name matching columns
         encoder = get_encoder()
         if encoder.dimensions < 1:
             raise ImproperlyConfigured(f"{type(encoder).__name__} reports no vector size.")

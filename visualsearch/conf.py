@@ -58,6 +58,9 @@ DEFAULTS: dict[str, Any] = {
     # Product attributes shown in widgets and API results (None leaves one out).
     "PRODUCT_NAME_FIELD": "name",
     "PRODUCT_PRICE_FIELD": "price",
+    # Product fields copied onto the image rows, {image field: product field}: filters on
+    # them read the image table alone (visualsearch.copies keeps the copies in step).
+    "IMAGE_FILTER_FIELDS": {},
     # Query parameters accepted as filters by the API: {param: product lookup}, for example
     # {"category": "category__slug", "in_stock": "in_stock", "max_price": "price__lte"}.
     "FILTERS": {},

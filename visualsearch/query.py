@@ -20,7 +20,7 @@ from django.db.models.functions import Cast
 from pgvector.django import CosineDistance, HalfVectorField
 from PIL import Image
 
-from visualsearch import statements
+from visualsearch import copies, statements
 from visualsearch.conf import get_image_model, get_product_model, visualsearch_settings
 from visualsearch.encoders import TextEncodingNotSupported, get_encoder
 from visualsearch.encoders.base import l2_normalize
@@ -175,10 +175,19 @@ def _nearest(
         return []
     model = get_image_model()
     db = model.objects.db
-    frozen = tuple(sorted((name, statements.freeze(value)) for name, value in filters.items()))
+    # Integer and string filter values travel as parameters (``filter:<lookup>``); the rest
+    # (booleans, decimals, instances…) are part of the statement's key.
+    values = dict(values)
+    keyed = {}
+    for name, value in filters.items():
+        if type(value) in (int, str):
+            values[f"filter:{name}"] = value
+        else:
+            keyed[name] = value
+    frozen = tuple(sorted((name, statements.freeze(value)) for name, value in keyed.items()))
     cacheable = all(value is not None for _name, value in frozen)
     if filters:
-        exact = exact or _prefers_exact(model, filters, frozen if cacheable else None)
+        exact = exact or _prefers_exact(model, filters, cacheable)
     exclude = values.get("exclude")
     shape = (
         db,
@@ -188,6 +197,7 @@ def _nearest(
         bool(visualsearch_settings.HNSW_HALFVEC),
         "mean_of" in values,
         len(exclude) if isinstance(exclude, list) else exclude is not None,
+        tuple(sorted(filters)),
         frozen,
     )
     fetch = k * OVERFETCH
@@ -213,15 +223,13 @@ def _nearest(
 def _knn_queryset(model: type, values: dict, *, limit: int, exact: bool, filters: dict) -> Any:
     """``(product pk, distance)`` of the ``limit`` nearest ready images, as a queryset."""
     product_field = visualsearch_settings.PRODUCT_FIELD
-    images = model.objects.ready()
+    images = _filtered(model, values, filters)
     exclude = values.get("exclude")
     if isinstance(exclude, list):
         if exclude:
             images = images.exclude(**{f"{product_field}__in": exclude})
     elif exclude is not None:
         images = images.exclude(**{product_field: exclude})
-    if filters:
-        images = images.filter(**_product_lookups(filters))
     if "mean_of" in values:
         field = model._meta.get_field("embedding")
         # The mean is computed in the k-NN query itself (a subquery Postgres runs once,
@@ -250,9 +258,13 @@ def _knn_queryset(model: type, values: dict, *, limit: int, exact: bool, filters
     )
 
 
-def _product_lookups(filters: dict) -> dict:
-    product_field = visualsearch_settings.PRODUCT_FIELD
-    return {f"{product_field}__{key}": value for key, value in filters.items()}
+def _filtered(model: type, values: dict, filters: dict) -> Any:
+    """The ready images matching ``filters`` (their values from ``values`` where given)."""
+    images = model.objects.ready()
+    if filters:
+        filters = {name: values.get(f"filter:{name}", value) for name, value in filters.items()}
+        images = images.filter(**copies.image_lookups(filters))
+    return images
 
 
 #: Seconds a planner estimate for a filter is reused (:func:`_prefers_exact`).
@@ -260,26 +272,33 @@ ESTIMATE_TTL = 60.0
 _estimates: dict[tuple, tuple[float, bool]] = {}
 
 
-def _prefers_exact(model: type, filters: dict, frozen: tuple | None) -> bool:
+def _prefers_exact(model: type, filters: dict, cacheable: bool) -> bool:
     """:func:`prefers_exact_scan` for the ready images matching ``filters``; the answer for
-    one ``frozen`` filter is reused for ``ESTIMATE_TTL`` seconds (it changes with ANALYZE)."""
-    key = None
-    if frozen is not None:
-        key = (
-            model.objects.db,
-            model._meta.label,
-            int(visualsearch_settings.EXACT_SEARCH_MAX_ROWS),
-            frozen,
-        )
-        cached = _estimates.get(key)
-        if cached is not None and time.monotonic() - cached[0] < ESTIMATE_TTL:
-            return cached[1]
-    answer = prefers_exact_scan(model.objects.ready().filter(**_product_lookups(filters)))
-    if key is not None:
+    one filter is reused for ``ESTIMATE_TTL`` seconds (it changes with ANALYZE), and the
+    ``EXPLAIN`` statement is compiled once per shape."""
+    threshold = int(visualsearch_settings.EXACT_SEARCH_MAX_ROWS)
+    if threshold <= 0:
+        return False
+    if not cacheable:
+        return prefers_exact_scan(_filtered(model, {}, filters))
+    db = model.objects.db
+    frozen = tuple(sorted((name, statements.freeze(value)) for name, value in filters.items()))
+    key = (db, model._meta.label, repr(visualsearch_settings.IMAGE_FILTER_FIELDS), frozen)
+    cached = _estimates.get(key)
+    if cached is None or time.monotonic() - cached[0] >= ESTIMATE_TTL:
+        values = {f"filter:{name}": v for name, v in filters.items() if type(v) in (int, str)}
+        # The statement's key: every filter's name, and the values that are not parameters.
+        shape = tuple(item if f"filter:{item[0]}" not in values else item[0] for item in frozen)
+        build = partial(_estimate_queryset, model, filters=filters)
+        sql, params = statements.compiled(("estimate", *key[:3], shape), build, values)
         if len(_estimates) > statements.SIZE:
             _estimates.clear()
-        _estimates[key] = (time.monotonic(), answer)
-    return answer
+        cached = _estimates[key] = (time.monotonic(), _plan_rows(sql, params, db))
+    return cached[1] <= threshold
+
+
+def _estimate_queryset(model: type, values: dict, *, filters: dict) -> Any:
+    return _filtered(model, values, filters).values("pk")
 
 
 def prefers_exact_scan(images: Any) -> bool:
@@ -299,7 +318,11 @@ def prefers_exact_scan(images: Any) -> bool:
 def estimated_rows(queryset: Any) -> float:
     """The planner's estimate of the rows ``queryset`` returns (``EXPLAIN``, nothing run)."""
     sql, params = queryset.values("pk").query.sql_with_params()
-    with connections[queryset.db].cursor() as cursor:
+    return _plan_rows(sql, params, queryset.db)
+
+
+def _plan_rows(sql: str, params: tuple, db: str) -> float:
+    with connections[db].cursor() as cursor:
         cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
         plan = cursor.fetchone()[0]
     if isinstance(plan, str):

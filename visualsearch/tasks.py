@@ -65,12 +65,15 @@ def _run(task, embed, app_label: str, model_name: str, pks: list, force: bool) -
 def sweep_pending() -> int:
     """Re-enqueue rows left ``pending`` (broker was down, task lost) and ``stale`` rows.
 
-    Covers the image model and, when text search is on, the product-text model.
+    Covers the image model and, when text search is on, the product-text model; image rows
+    without their copies of product fields (``IMAGE_FILTER_FIELDS``) get them first.
     """
+    from visualsearch.copies import sync_copies
     from visualsearch.pipeline import mark_stale
     from visualsearch.texts import mark_stale_texts, products_without_text, sync_texts
 
     model = get_image_model()
+    sync_copies(missing_only=True)  # images written by bulk_create
     mark_stale(model)
     sent = enqueue(model, _left_over(model))
     text_model = get_text_model()

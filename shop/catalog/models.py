@@ -53,6 +53,16 @@ class ProductImage(EmbeddedImage):
     alt_text = models.CharField(max_length=300, blank=True)
     # Where the catalog import took the file from (a path or URL): makes the import idempotent.
     source = models.CharField(max_length=1000, blank=True, default="")
+    # The product's category, copied here and kept in step by visualsearch
+    # (VISUALSEARCH["IMAGE_FILTER_FIELDS"]): category filters then read this table alone.
+    category = models.ForeignKey(
+        Category,
+        null=True,
+        blank=True,
+        editable=False,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
 
     class Meta(EmbeddedImage.Meta):
         ordering = ["position", "pk"]

@@ -1,8 +1,10 @@
 """``manage.py visualsearch_reindex``: embed what is missing, stale or everything.
 
-Images first, then, when text search is on (``TEXT_MODEL``), product texts: every product's
-words are re-read (missing text rows created, changed ones re-indexed for full-text search)
-and the rows that need it are embedded. ``--images`` or ``--texts`` limits the run to one.
+Images first (their copies of product fields, ``IMAGE_FILTER_FIELDS``, are brought up to
+date before anything is embedded), then, when text search is on (``TEXT_MODEL``), product
+texts: every product's words are re-read (missing text rows created, changed ones re-indexed
+for full-text search) and the rows that need it are embedded. ``--images`` or ``--texts``
+limits the run to one.
 
 Works in batches in primary-key order; every batch is committed, so an interrupted run
 loses nothing and the next run continues with the rows still left (``--all`` prints the
@@ -20,6 +22,7 @@ from django.utils import timezone
 from tqdm import tqdm
 
 from visualsearch.conf import get_image_model, get_text_model, visualsearch_settings
+from visualsearch.copies import sync_copies
 from visualsearch.encoders import get_encoder, get_text_encoder
 from visualsearch.models import EmbeddingStatus
 from visualsearch.pipeline import embed_images, mark_stale
@@ -71,6 +74,9 @@ class Command(BaseCommand):
     def _images(self, model: type, batch_size: int, options: dict) -> None:
         if options["resize"]:
             self._resize(model, get_encoder().dimensions)
+        copied = sync_copies()
+        if copied:
+            self.stdout.write(f"Copied product fields (IMAGE_FILTER_FIELDS) to {copied} image(s).")
         stale = mark_stale(model)
         if stale:
             self.stdout.write(f"Marked {stale} row(s) embedded by another model as stale.")
