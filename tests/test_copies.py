@@ -128,6 +128,7 @@ def test_filtered_queries_answer_the_same_with_or_without_copies(vectors, shoes,
     "value, message",
     [
         (["category"], "must be a dict"),
+        ({"category": ["category"]}, "must be a dict"),
         ({"colour": "category"}, "'colour' is not a field of catalog.ProductImage"),
         ({"category": "colour"}, "'colour' is not a field of catalog.Product"),
         ({"category": "name"}, "must both be foreign keys"),

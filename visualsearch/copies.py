@@ -42,7 +42,9 @@ def copied_fields() -> dict[str, tuple[models.Field, models.Field]]:
     setting = visualsearch_settings.IMAGE_FILTER_FIELDS
     if not setting:
         return {}
-    if not isinstance(setting, dict):
+    if not isinstance(setting, dict) or not all(
+        isinstance(name, str) for pair in setting.items() for name in pair
+    ):
         raise ImproperlyConfigured(f"{KEY} must be a dict of {{image field: product field}}.")
     return _resolve(
         tuple(setting.items()), visualsearch_settings.IMAGE_MODEL, get_product_model()._meta.label
