@@ -1,10 +1,11 @@
 """Image-search API latency against the encoder alone, for the same photos.
 
-    .venv/bin/python bench/api_latency.py [--requests 40] [--port 0]
+    .venv/bin/python bench/api_latency.py [--requests 40] [--server gunicorn|runserver]
 
-Needs the demo database (``make demo`` once). Starts the demo shop's server
-(``manage.py runserver --noreload``, DEBUG off, encoder threads as in a worker) on a free
-port, posts catalog photos to ``POST /api/search/image/`` one at a time, and times in this
+Needs the demo database (``make demo`` once). Starts the demo shop on a free port (``gunicorn``
+with one sync worker, as in production, or Django's development server ``runserver``; DEBUG
+off, encoder threads as in a worker), posts catalog photos to ``POST /api/search/image/`` one
+at a time, and times in this
 process, for the same photos, what the encoder alone takes (decode excluded, same thread
 count). Prints medians and the overhead (API p50 - encoder p50), and writes
 ``bench/results/api-latency.json``.
@@ -68,6 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2, help="encoder threads, both sides")
+    parser.add_argument("--server", choices=["gunicorn", "runserver"], default="gunicorn")
     args = parser.parse_args()
     photos = sorted(IMAGES.glob("*.jpg"))[: args.requests]
     if not photos:
@@ -85,8 +87,12 @@ def main() -> None:
     os.environ["DJANGO_SECRET_KEY"] = env["DJANGO_SECRET_KEY"]
     os.environ["VISUALSEARCH_ENCODER_THREADS"] = env["VISUALSEARCH_ENCODER_THREADS"]
     port = free_port()
+    command = [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"]
+    if args.server == "gunicorn":
+        gunicorn = str(Path(sys.executable).parent / "gunicorn")
+        command = [gunicorn, "shop.wsgi:application", "--bind", f"127.0.0.1:{port}", "-w", "1"]
     server = subprocess.Popen(
-        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+        command,
         cwd=BASE_DIR,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -162,13 +168,15 @@ def main() -> None:
         },
     }
     result["overhead_ms_p50"] = result["api_ms"]["p50"] - result["encoder_ms"]["p50"]
-    print(f"encoder {encoder.model_id}, {len(photos)} photos, {args.threads} threads")
+    print(
+        f"encoder {encoder.model_id}, {len(photos)} photos, {args.threads} threads, {args.server}"
+    )
     print(f"  API (HTTP, decode, encode, HNSW query, JSON) p50 {result['api_ms']['p50']:.1f} ms")
     print(f"  encoder alone                              p50 {result['encoder_ms']['p50']:.1f} ms")
     print(f"  overhead                                   p50 {result['overhead_ms_p50']:.1f} ms")
     for step, value in result["steps_ms_p50"].items():
         print(f"    of which {step:31s} p50 {value:.1f} ms")
-    out = BASE_DIR / "bench" / "results" / "api-latency.json"
+    out = BASE_DIR / "bench" / "results" / f"api-latency-{args.server}.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out.relative_to(BASE_DIR)}")
 
