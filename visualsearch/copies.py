@@ -2,10 +2,10 @@
 
 A filtered similarity query (``category=shoes``) otherwise joins the product table and reads
 each matching product's images one by one: at a million images, 1 category in 200 means
-5,000 scattered rows (29 ms on a 2-core machine; 7.4 ms through a copy, table clustered). With ``IMAGE_FILTER_FIELDS =
-{"category": "category"}`` the image model carries its own ``category`` column, kept equal to
-its product's, and :mod:`visualsearch.query` answers ``category…`` filters from it, through
-that column's index (a foreign key has one).
+5,000 scattered rows (29 ms on a 2-core machine; 7.4 ms through a copy, table clustered).
+With ``IMAGE_FILTER_FIELDS = {"category": "category"}`` the image model carries its own
+``category`` column, kept equal to its product's, and :mod:`visualsearch.query` answers
+``category…`` filters from it, through that column's index (a foreign key has one).
 
 The copies follow the product: an image takes its product's values when it is saved, and
 saving a product rewrites its images' copies (one ``UPDATE``). Bulk writes bypass signals:
