@@ -22,8 +22,9 @@ For every configuration ``N x d``:
    excluded), for each ef_search: raw SQL (one statement, binary vector parameter,
    ``hnsw.ef_search`` set once per session), the app's ``nearest_products`` (vector given) and
    ``similar_products`` (product given: the mean of its vectors is a subquery of the k-NN
-   statement; loads product instances) and raw SQL doing the same work (``raw_similar``: the
-   same statements, transaction and ``SET LOCAL`` through psycopg) in the same run,
+   statement; loads product instances) and raw SQL doing the same work as each
+   (``raw_nearest``, ``raw_similar``: the same statements, transaction and ``SET LOCAL``
+   through psycopg, and the products) in the same run,
    interleaved query by query. p50/p95 latency, recall@10 against exact search (numpy
    brute force), QPS with 2 client processes.
 4. **filtered** (``category = c``, 1 of 200): raw post-filtering (no iterative scan), raw
@@ -390,6 +391,23 @@ class Raw:
         self.conn.execute("SELECT * FROM catalog_product WHERE id = ANY(%s)", [ids]).fetchall()
         return ids
 
+    def nearest(self, vector, me, ef_search, k=10) -> list[int]:
+        """What ``nearest_products`` does, in raw SQL: the k-NN statement with the query
+        vector as a parameter, in a transaction with ``SET LOCAL``, then load the products."""
+        from pgvector import HalfVector, Vector
+
+        q = HalfVector(vector) if self.kind == "halfvec" else Vector(vector)
+        params = {"q": q, "model": self.model, "me": me, "k": 4 * k, "c": None}
+        with self.conn.transaction():
+            self.conn.execute(
+                f"SET LOCAL hnsw.ef_search = {max(ef_search, 4 * k)};"
+                " SET LOCAL hnsw.iterative_scan = relaxed_order"
+            )
+            rows = self.conn.execute(raw_sql(self.kind, self.d), params).fetchall()
+        ids = list(dict.fromkeys(pid for pid, _ in rows))[:k]
+        self.conn.execute("SELECT * FROM catalog_product WHERE id = ANY(%s)", [ids]).fetchall()
+        return ids
+
 
 def app_nearest(vector, me, k=10, **filters) -> list[int]:
     from visualsearch.query import nearest_products
@@ -453,6 +471,8 @@ def _qps_worker(path, kind, d, ef, ids, vectors, seconds, start_at, halfvec, que
                 raw.query(vectors[i], int(ids[i]))
             elif path == "raw_similar":
                 raw.similar(int(ids[i]), ef)
+            elif path == "raw_nearest":
+                raw.nearest(vectors[i], int(ids[i]), ef)
             elif path == "nearest":
                 app_nearest(vectors[i], int(ids[i]))
             else:
@@ -495,7 +515,7 @@ def unfiltered(kind, n, d, vectors, categories, args) -> list[dict]:
     raw = Raw(kind, d)
     for ef in args.ef_search:
         raw.configure(ef)
-        lat = {"raw": [], "nearest": [], "raw_similar": [], "similar": []}
+        lat = {"raw": [], "raw_nearest": [], "nearest": [], "raw_similar": [], "similar": []}
         rec = {key: [] for key in lat}
         cnt = {key: [] for key in lat}
         with app_settings(HNSW_EF_SEARCH=ef, HNSW_HALFVEC=kind == "halfvec"):
@@ -508,6 +528,8 @@ def unfiltered(kind, n, d, vectors, categories, args) -> list[dict]:
                         ms, found = timed(raw.query, vectors[row], int(ids[i]))
                     elif path == "raw_similar":
                         ms, found = timed(raw.similar, int(ids[i]), ef)
+                    elif path == "raw_nearest":
+                        ms, found = timed(raw.nearest, vectors[row], int(ids[i]), ef)
                     elif path == "nearest":
                         ms, found = timed(app_nearest, vectors[row], int(ids[i]))
                     else:
@@ -522,16 +544,16 @@ def unfiltered(kind, n, d, vectors, categories, args) -> list[dict]:
                     path, kind, d, ef, ids[:50], vectors[idx[:50]], args.qps_seconds
                 )
             # Per-query ratios, then the median: the paths ran back to back, query by query.
-            # similar_products against raw SQL doing the same work (raw_similar), the rest
-            # against the bare raw statement.
-            base = lat["raw_similar" if path == "similar" else "raw"]
+            # The app's paths against raw SQL doing the same work (raw_similar, raw_nearest),
+            # those against the bare raw statement.
+            base = lat[{"similar": "raw_similar", "nearest": "raw_nearest"}.get(path, "raw")]
             stats[path]["ratio_to_raw"] = round(
                 statistics.median(a / b for a, b in zip(lat[path], base, strict=True)), 2
             )
             rows.append(
                 {"n": n, "d": d, "index": kind, "ef_search": ef, "path": path, **stats[path]}
             )
-        _print_rows(rows[-4:])
+        _print_rows(rows[-len(lat) :])
     return rows
 
 
@@ -754,7 +776,7 @@ def main() -> None:
         ["n", "d", "storage", "index", "m", "ef_construction", "build_s", "index_mb", "table_mb"],
     )
     print_table(
-        "Unfiltered top-10 (ms; ratio: median per query, similar / raw_similar, others / raw)",
+        "Unfiltered top-10 (ms; ratio: median per query, app / raw doing the same work)",
         results["unfiltered"],
         [
             "n",

@@ -8,6 +8,7 @@ from decimal import Decimal
 import numpy as np
 import pytest
 from django.db import connection
+from django.db.models import QuerySet
 from django.test.utils import CaptureQueriesContext
 
 from shop.catalog.models import Category, Product, ProductImage
@@ -16,6 +17,10 @@ from visualsearch.query import nearest_products, similar_products
 from visualsearch.statements import compiled, freeze
 
 pytestmark = pytest.mark.django_db
+
+
+def knn_statements() -> list:
+    return [key for key in statements._cache if key[0] not in ("estimate", "in_bulk")]
 
 
 def by_name(values):
@@ -95,7 +100,7 @@ def test_queries_through_cached_statements_match_brute_force(vectors, settings):
         assert [p.pk for p in similar] == [products[i].pk for i in order]
         nearest = nearest_products(matrix[index], 2, exclude=[product.pk], in_stock=True)
         assert [p.pk for p in nearest] == [products[i].pk for i in order[:2]]
-    assert 1 <= len(statements._cache) <= 4  # similar and nearest shapes, not one per product
+    assert 1 <= len(knn_statements()) <= 4  # similar and nearest shapes, not one per product
     filtered = similar_products(products[0], 3, category=other)
     assert [p.pk for p in filtered] == [products[1].pk]
 
@@ -134,12 +139,41 @@ def test_filter_values_travel_as_parameters_unless_they_cannot(vectors, category
     assert [p.pk for p in similar_products(products[0], 5, category_id=other.pk)] == [
         products[1].pk
     ]
-    shapes = len(statements._cache)
+    shapes = knn_statements()
     mine = similar_products(products[2], 5, category_id=category.pk)
     assert {p.pk for p in mine} == {p.pk for p in products[3:]}
-    assert len(statements._cache) == shapes  # another category: the same two statements
+    assert knn_statements() == shapes  # another category: the same statements
     Product.objects.filter(pk=products[3].pk).update(in_stock=False)
     in_stock = similar_products(products[2], 5, in_stock=True, category_id=category.pk)
     sold_out = similar_products(products[2], 5, in_stock=False, category_id=category.pk)
     assert [p.pk for p in sold_out] == [products[3].pk]  # a boolean is part of the key
     assert products[3].pk not in {p.pk for p in in_stock} and len(in_stock) == 2
+
+
+def test_products_load_through_a_compiled_statement_with_converters(vectors):
+    products, _matrix, _other = vectors
+    statements.clear()
+    pks = [products[3].pk, products[0].pk]
+    loaded = statements.in_bulk(Product, pks)
+    again = statements.in_bulk(Product, [products[1].pk, products[2].pk])
+    expected = Product.objects.in_bulk(pks)
+    assert set(loaded) == set(pks) and set(again) == {products[1].pk, products[2].pk}
+    for pk, product in loaded.items():
+        for field in Product._meta.concrete_fields:  # Decimal, datetime, FK ids, as the ORM
+            assert getattr(product, field.attname) == getattr(expected[pk], field.attname)
+        assert product._state.adding is False and product._state.db == "default"
+    assert len([key for key in statements._cache if key[0] == "in_bulk"]) == 1
+    assert statements.in_bulk(Product, []) == {}
+
+
+def test_a_default_manager_with_filters_loads_through_the_orm(vectors, monkeypatch):
+    products, _matrix, _other = vectors
+    Product.objects.filter(pk=products[0].pk).update(in_stock=False)
+    monkeypatch.setattr(
+        Product._meta.default_manager.__class__,
+        "get_queryset",
+        lambda manager: QuerySet(Product, using=manager._db).filter(in_stock=True),
+    )
+    statements.clear()
+    assert set(statements.in_bulk(Product, [products[0].pk, products[1].pk])) == {products[1].pk}
+    assert not [key for key in statements._cache if key[0] == "in_bulk"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -18,9 +17,8 @@ import numpy as np
 import psycopg
 from django.db import connections, router, transaction
 from django.utils import timezone
-from pgvector.psycopg import register_vector
 
-from visualsearch import cache
+from visualsearch import cache, statements
 from visualsearch.conf import get_image_model, visualsearch_settings
 from visualsearch.encoders import get_encoder
 from visualsearch.images import InvalidImage, decode_image, fit_for_encoder, read_limited
@@ -180,11 +178,8 @@ def _write(model: type, pk, name: str, vector, digest: str, model_id: str) -> bo
     1.4 ms per row, measured in bench/embed_bench.py).
     """
     connection = connections[router.db_for_write(model)]
-    connection.ensure_connection()
+    statements.vector_parameters(connection)
     raw = connection.connection
-    if raw not in _BINARY_VECTORS:  # once per database connection
-        register_vector(raw)
-        _BINARY_VECTORS.add(raw)
     quote = connection.ops.quote_name
     image_column = model._meta.get_field(visualsearch_settings.IMAGE_FIELD).column
     now = timezone.now()
@@ -210,7 +205,6 @@ def _write(model: type, pk, name: str, vector, digest: str, model_id: str) -> bo
 
 
 #: Raw psycopg connections that already know pgvector's binary dumper.
-_BINARY_VECTORS: weakref.WeakSet = weakref.WeakSet()
 
 
 def _mark_failed(model: type, pk, name: str, reason: str, result: EmbedResult) -> None:

@@ -153,7 +153,7 @@ def nearest_products(
     exact scan. ``exclude`` is a product, or a list, set or tuple of product primary keys, to
     leave out.
     """
-    values: dict[str, Any] = {"vector": _vector_text(vector)}
+    values: dict[str, Any] = {"vector": np.asarray(vector, dtype=np.float32)}
     if isinstance(exclude, list | set | frozenset | tuple):
         values["exclude"] = list(exclude)
     elif exclude is not None:
@@ -245,8 +245,9 @@ def _knn_queryset(model: type, values: dict, *, limit: int, exact: bool, filters
             output_field=field,
         )
         images = images.alias(query_vector=query).filter(query_vector__isnull=False)
-    else:
-        query = Value(values["vector"])
+    else:  # a marker string, or (compiled per call) the vector's text
+        vector = values["vector"]
+        query = Value(vector if isinstance(vector, str) else _vector_text(vector))
     distance = _distance(model, query, exact)
     # "+ 0" hides the ordering from the index: an exact scan over the filtered rows.
     order = distance + Value(0.0) if exact else distance
@@ -361,8 +362,10 @@ def _run(sql: str, params: tuple, db: str, limit: int, exact: bool = False) -> l
     """Run a k-NN statement; through the index with the HNSW settings (SET LOCAL).
 
     The index settings go in one statement inside the query's transaction; an exact scan
-    needs neither them nor the transaction.
+    needs neither them nor the transaction. A numpy vector among ``params`` goes as a vector.
     """
+    if any(isinstance(param, np.ndarray) for param in params):
+        statements.vector_parameters(connections[db])
     if exact:
         with connections[db].cursor() as cursor:
             cursor.execute(sql, params)
@@ -387,9 +390,11 @@ def _best_per_product(rows: list[tuple]) -> list[tuple]:
 
 
 def _load_products(ranked: list[tuple], queryset: Any = None) -> list:
-    if queryset is None:
-        queryset = get_product_model()._default_manager.all()
-    products = queryset.in_bulk([pk for pk, _ in ranked])
+    pks = [pk for pk, _ in ranked]
+    if queryset is None:  # the default manager's statement, compiled once per size
+        products = statements.in_bulk(get_product_model(), pks)
+    else:
+        products = queryset.in_bulk(pks)
     results = []
     for pk, distance in ranked:
         product = products.get(pk)

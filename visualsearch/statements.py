@@ -15,17 +15,21 @@ such as a non-integer primary key) is never cached: it is compiled on every call
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from datetime import date, datetime, time
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
+import numpy as np
 from django.core.signals import setting_changed
-from django.db import models
+from django.db import connections, models
+from pgvector.psycopg import register_vector
 
-__all__ = ["clear", "compiled", "freeze"]
+__all__ = ["clear", "compiled", "freeze", "in_bulk"]
 
 #: Statements kept (least recently used ones go first).
 SIZE = 512
@@ -43,9 +47,10 @@ def compiled(
 ) -> tuple[str, tuple]:
     """``(sql, params)`` of the queryset ``build(values)``, built and compiled once per ``key``.
 
-    ``values`` are the per-call values: integers, strings, or lists of integers (a list's
-    length is part of the shape). ``build`` must treat them as opaque (only pass them to
-    lookups and expressions), since it is called with markers in their place.
+    ``values`` are the per-call values: integers, strings, lists of integers (a list's
+    length is part of the shape) or numpy vectors (compiled as a string, sent as they are).
+    ``build`` must treat them as opaque (only pass them to lookups and expressions), since it
+    is called with markers in their place.
     """
     with _lock:
         entry = _cache.get(key)
@@ -65,6 +70,83 @@ def compiled(
         value = values[name]
         params[index] = value if position is None else value[position]
     return sql, tuple(params)
+
+
+def in_bulk(model: type, pks: list, using: str | None = None) -> dict:
+    """``model._default_manager.in_bulk(pks)``, its statement compiled once per number of pks.
+
+    Falls back to ``in_bulk`` when the default manager's queryset is not a plain select of
+    the concrete fields of every row (its filters could depend on the moment, such as
+    "published before now"; ``select_related``, ``only``/``defer``, annotations). Values go
+    through the same database converters as in a queryset.
+    """
+    manager = model._default_manager
+    if using is not None:
+        manager = manager.db_manager(using)
+    if not pks:
+        return {}
+    queryset = manager.all()
+    query = queryset.query
+    if (
+        query.where
+        or query.select_related
+        or query.deferred_loading[0]
+        or query.annotations
+        or query.extra
+        or query.distinct
+    ):
+        return queryset.in_bulk(pks)
+    db = queryset.db
+    key = ("in_bulk", db, model._meta.label, len(pks))
+    sql, params = compiled(
+        key, lambda values: queryset.filter(pk__in=values["pks"]).order_by(), {"pks": pks}
+    )
+    names, converters = _loader(model, db)
+    connection = connections[db]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    found = {}
+    for row in rows:
+        if converters:
+            row = list(row)
+            for index, column, functions in converters:
+                for function in functions:
+                    row[index] = function(row[index], column, connection)
+        instance = model.from_db(db, names, row)
+        found[instance.pk] = instance
+    return found
+
+
+@lru_cache(maxsize=64)
+def _loader(model: type, db: str) -> tuple[list[str], list]:
+    """The attnames a plain select of ``model`` returns, and the converters of its columns."""
+    connection = connections[db]
+    fields = model._meta.concrete_fields
+    converters = []
+    for index, field in enumerate(fields):
+        column = field.get_col(model._meta.db_table)
+        functions = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+        if functions:
+            converters.append((index, column, functions))
+    return [field.attname for field in fields], converters
+
+
+def vector_parameters(connection: Any) -> None:
+    """Let Django's ``connection`` send vectors (numpy arrays) as pgvector values.
+
+    Registers pgvector's adapters once per database connection: a 512-d vector then travels
+    in binary (with server-side parameters) instead of as 5 KB of text that Python formats and
+    Postgres parses for every query.
+    """
+    connection.ensure_connection()
+    raw = connection.connection
+    if raw not in _registered:
+        register_vector(raw)
+        _registered.add(raw)
+
+
+_registered: weakref.WeakSet = weakref.WeakSet()
 
 
 def clear() -> None:
@@ -93,6 +175,11 @@ def _compile(build: Callable[[Mapping[str, Any]], Any], values: Mapping[str, Any
     wanted: dict[Any, tuple[str, int | None]] = {}
     counter = 0
     for name, value in values.items():
+        if isinstance(value, np.ndarray):  # a vector: compiled as a string, sent as a vector
+            counter += 1
+            markers[name] = f"\x00marker:{counter}"
+            wanted[markers[name]] = (name, None)
+            continue
         if isinstance(value, bool) or not isinstance(value, int | str | list | tuple):
             return UNCACHEABLE
         if isinstance(value, list | tuple):
