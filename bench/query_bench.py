@@ -362,9 +362,10 @@ class Raw:
         self.kind, self.d = kind, d
         self.model = MODEL_ID.format(dimensions=d)
 
-    def configure(self, ef_search: int, iterative: str = "off") -> None:
+    def configure(self, ef_search: int, iterative: str = "off", sort: bool = True) -> None:
         self.conn.execute(f"SET hnsw.ef_search = {ef_search}")
         self.conn.execute(f"SET hnsw.iterative_scan = {iterative}")
+        self.conn.execute(f"SET enable_sort = {'on' if sort else 'off'}")  # off: partial index
 
     def query(self, vector, me, k=10, category=None, exact=False, copy=False) -> list[int]:
         from pgvector import HalfVector, Vector
@@ -557,7 +558,7 @@ def unfiltered(kind, n, d, vectors, categories, args) -> list[dict]:
     return rows
 
 
-def filtered(kind, n, d, vectors, categories, args, clustered=False) -> list[dict]:
+def filtered(kind, n, d, vectors, categories, args, clustered=False, partial=False) -> list[dict]:
     """Category filter (1 of ``--categories``): the raw strategies and the app's choice.
 
     The app answers the filter from the image row's copy of the category (the demo's
@@ -577,7 +578,13 @@ def filtered(kind, n, d, vectors, categories, args, clustered=False) -> list[dic
         "raw exact, copy (B-tree on the image table)": ("raw", dict(exact=True, copy=True)),
         "app similar_products (auto), copy": ("app", {}),
     }
-    if not clustered or not args.cluster:
+    if partial:
+        cases = {
+            "raw partial HNSW index (ef 100)": ("raw", dict(ef=100, copy=True, sort=False)),
+            "app similar_products (auto), partial index": ("app", {}),
+            "raw exact, copy (B-tree on the image table)": ("raw", dict(exact=True, copy=True)),
+        }
+    elif not clustered or not args.cluster:
         cases = {
             "raw post-filter (ef 40)": ("raw", dict(ef=40, iterative="off")),
             "raw iterative relaxed (ef 100)": ("raw", dict(ef=100, iterative="relaxed_order")),
@@ -595,7 +602,7 @@ def filtered(kind, n, d, vectors, categories, args, clustered=False) -> list[dic
         lat, rec, cnt = [], [], []
         halfvec = kind == "halfvec"
         if path == "raw":
-            raw.configure(opts.get("ef", 40), opts.get("iterative", "off"))
+            raw.configure(opts.get("ef", 40), opts.get("iterative", "off"), opts.get("sort", True))
             exact, copy = opts.get("exact", False), opts.get("copy", False)
 
             def run(i, exact=exact, copy=copy):
@@ -625,12 +632,45 @@ def filtered(kind, n, d, vectors, categories, args, clustered=False) -> list[dic
                 "index": kind,
                 "filter": "category (1 of 200)",
                 "case": name + (", clustered" if clustered else ""),
+                "ef_search": opts.get("ef") if path == "raw" else 100,
                 "estimated_rows": estimate,
                 **summarise(lat, rec, cnt),
             }
         )
         _print_rows(rows[-1:])
     return rows
+
+
+def build_partial_indexes(kind: str, args) -> dict:
+    """One partial HNSW index per category with at least ``--partial-indexes`` images, built by
+    the app (``visualsearch.filter_indexes``, what ``visualsearch_filter_indexes`` runs)."""
+    from django.db import connection
+
+    from visualsearch import filter_indexes
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET maintenance_work_mem = '{args.maintenance_work_mem}'")
+        cursor.execute(f"SET max_parallel_maintenance_workers = {args.parallel_workers}")
+    settings = dict(HNSW_HALFVEC=kind == "halfvec", HNSW_M=args.m)
+    with app_settings(**settings, HNSW_EF_CONSTRUCTION=args.ef_construction):
+        started = time.perf_counter()
+        made = filter_indexes.create("category", args.partial_indexes)
+        seconds = time.perf_counter() - started
+        values = filter_indexes.indexed_values().get("category", set())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*), sum(pg_relation_size(c.oid)) FROM pg_class c"
+            " WHERE c.relname LIKE 'vs_filter_%'"
+        )
+        count, size = cursor.fetchone()
+    print(
+        f"built {len(made)} partial indexes in {seconds:.1f} s ({len(values)} in all)", flush=True
+    )
+    return {
+        "partial_indexes": count,
+        "partial_build_s": round(seconds, 1),
+        "partial_index_mb": round((size or 0) / 2**20, 1),
+    }
 
 
 def category_index() -> tuple[str, bool]:
@@ -721,6 +761,14 @@ def main() -> None:
     parser.add_argument("--output", default=None)
     parser.add_argument("--parts", default="unfiltered,filtered", help="what to measure")
     parser.add_argument(
+        "--partial-indexes",
+        type=int,
+        default=0,
+        metavar="MIN_ROWS",
+        help="then build a partial HNSW index per category of at least MIN_ROWS images"
+        " (visualsearch_filter_indexes) and measure filtered again",
+    )
+    parser.add_argument(
         "--cluster",
         action="store_true",
         help="then CLUSTER the image table by the category copy and measure filtered again",
@@ -766,6 +814,11 @@ def main() -> None:
                 if args.cluster:
                     results["builds"][-1]["cluster_s"] = round(cluster_by_category(args), 1)
                     rows = filtered(kind, n, d, vectors, categories, args, clustered=True)
+                    results["filtered"] += [{"storage": storage, **row} for row in rows]
+                    output.write_text(json.dumps(results, indent=2, default=str))
+                if args.partial_indexes:
+                    results["builds"][-1].update(build_partial_indexes(kind, args))
+                    rows = filtered(kind, n, d, vectors, categories, args, partial=True)
                     results["filtered"] += [{"storage": storage, **row} for row in rows]
                     output.write_text(json.dumps(results, indent=2, default=str))
             del vectors

@@ -107,14 +107,15 @@ class EmbeddingQuerySet(models.QuerySet):
         )
 
 
-def image_hnsw_index() -> HnswIndex:
+def image_hnsw_index(name: str = "%(class)s_hnsw", condition: Any = None) -> HnswIndex:
     """The image model's HNSW index: on ``embedding``, or with ``HNSW_HALFVEC`` on
     ``embedding::halfvec(n)`` (half the size, built faster; ``visualsearch.query`` then orders
-    by the same expression)."""
+    by the same expression). ``condition`` makes it partial (``visualsearch.filter_indexes``)."""
     options = {
-        "name": "%(class)s_hnsw",
+        "name": name,
         "m": visualsearch_settings.HNSW_M,
         "ef_construction": visualsearch_settings.HNSW_EF_CONSTRUCTION,
+        "condition": condition,
     }
     if visualsearch_settings.HNSW_HALFVEC:
         half = Cast("embedding", HalfVectorField(dimensions=configured_dimensions()))

@@ -20,7 +20,7 @@ from django.db.models.functions import Cast
 from pgvector.django import CosineDistance, HalfVectorField
 from PIL import Image
 
-from visualsearch import copies, statements
+from visualsearch import copies, filter_indexes, statements
 from visualsearch.conf import get_image_model, get_product_model, visualsearch_settings
 from visualsearch.encoders import TextEncodingNotSupported, get_encoder
 from visualsearch.encoders.base import l2_normalize
@@ -186,7 +186,9 @@ def _nearest(
             keyed[name] = value
     frozen = tuple(sorted((name, statements.freeze(value)) for name, value in keyed.items()))
     cacheable = all(value is not None for _name, value in frozen)
-    if filters:
+    # A filter value with its own partial HNSW index walks that index (visualsearch_filter_indexes).
+    indexed = bool(filters) and not exact and filter_indexes.serving_index(filters, db)
+    if filters and not indexed:
         exact = exact or _prefers_exact(model, filters, cacheable)
     exclude = values.get("exclude")
     shape = (
@@ -207,7 +209,7 @@ def _nearest(
             sql, params = statements.compiled((*shape, fetch, exact), build, values)
         else:
             sql, params = build(values).query.sql_with_params()
-        rows = _run(sql, params, db, fetch, exact)
+        rows = _run(sql, params, db, fetch, exact, partial=indexed)
         best = _best_per_product(rows)
         if len(best) >= k or fetch >= MAX_FETCH:
             break
@@ -358,11 +360,17 @@ def _fetch(queryset, product_field: str, limit: int, exact: bool = False) -> lis
     return _run(sql, params, queryset.db, limit, exact)
 
 
-def _run(sql: str, params: tuple, db: str, limit: int, exact: bool = False) -> list[tuple]:
+def _run(
+    sql: str, params: tuple, db: str, limit: int, exact: bool = False, partial: bool = False
+) -> list[tuple]:
     """Run a k-NN statement; through the index with the HNSW settings (SET LOCAL).
 
     The index settings go in one statement inside the query's transaction; an exact scan
     needs neither them nor the transaction. A numpy vector among ``params`` goes as a vector.
+    ``partial``: a partial HNSW index serves the filter value. The statement is then planned
+    for its parameter values even when it is prepared (a generic plan cannot use a partial
+    index), and without sorting, which the planner would otherwise price below walking the
+    small graph for a few thousand rows.
     """
     if any(isinstance(param, np.ndarray) for param in params):
         statements.vector_parameters(connections[db])
@@ -376,6 +384,11 @@ def _run(sql: str, params: tuple, db: str, limit: int, exact: bool = False) -> l
             cursor.execute(
                 f"SET LOCAL hnsw.ef_search = {ef_search}; "
                 "SET LOCAL hnsw.iterative_scan = relaxed_order"
+                + (
+                    "; SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_sort = off"
+                    if partial
+                    else ""
+                )
             )
             cursor.execute(sql, params)
             return cursor.fetchall()
