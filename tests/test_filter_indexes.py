@@ -118,3 +118,24 @@ def test_bad_arguments_are_command_errors(two_categories, settings):
     settings.VISUALSEARCH = {**settings.VISUALSEARCH, "IMAGE_FILTER_FIELDS": {}}
     with pytest.raises(CommandError, match="IMAGE_FILTER_FIELDS"):
         call_command("visualsearch_filter_indexes")
+
+
+def test_halfvec_partial_indexes_build_and_serve(two_categories, settings):
+    """With HNSW_HALFVEC the index is on the expression ``embedding::halfvec(n)``: its SQL
+    must build in Postgres, and a filtered query must order by the same expression."""
+    settings.VISUALSEARCH = {**settings.VISUALSEARCH, "HNSW_HALFVEC": True}
+    shoes = two_categories["shoes"]
+    filter_indexes.create("category", 100)
+    [definition] = partial_indexes().values()
+    dimensions = ProductImage._meta.get_field("embedding").dimensions
+    assert f"::halfvec({dimensions})) halfvec_cosine_ops" in definition
+    query = two_categories["vectors"][3]
+    with CaptureQueriesContext(connection) as queries:
+        found = nearest_products(query, 5, category=shoes)
+    [knn] = [q["sql"] for q in queries.captured_queries if "<=>" in q["sql"]]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_sort = off")
+        cursor.execute("EXPLAIN " + knn)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "vs_filter_" in plan
+    assert len(found) == 5 and all(p.category_id == shoes.pk for p in found)

@@ -22,6 +22,7 @@ class VisualSearchConfig(AppConfig):
             remember_file,
         )
 
+        _register_opclass_wrapper()
         try:
             model = get_image_model()
             product_model = get_product_model()
@@ -46,3 +47,14 @@ class VisualSearchConfig(AppConfig):
                     sender=sender,
                     dispatch_uid=f"visualsearch.invalidate.{name}.{sender._meta.label}",
                 )
+
+
+def _register_opclass_wrapper() -> None:
+    """Let ``OpClass`` wrap an index expression, as ``django.contrib.postgres`` does when it is
+    installed: without it Django puts the operator class inside the expression's parentheses,
+    ``((embedding)::halfvec(n) halfvec_cosine_ops)``, which Postgres rejects (HNSW_HALFVEC)."""
+    from django.contrib.postgres.indexes import OpClass
+    from django.db.models.indexes import IndexExpression
+
+    if OpClass not in IndexExpression.wrapper_classes:
+        IndexExpression.register_wrappers(*IndexExpression.wrapper_classes, OpClass)
