@@ -565,7 +565,12 @@ def filtered(kind, n, d, vectors, categories, args, clustered=False, partial=Fal
     ``IMAGE_FILTER_FIELDS``) or, with that setting emptied, through the product (a join).
     ``clustered``: after ``CLUSTER`` by the copy's index, only the cases that read it.
     """
+    from visualsearch.conf import visualsearch_settings
+
     clustered = clustered or category_index()[1]  # a table clustered by an earlier run
+    # hnsw.ef_search the app sets: for a partial index its own setting, else HNSW_EF_SEARCH
+    setting = "FILTER_INDEX_EF_SEARCH" if partial else "HNSW_EF_SEARCH"
+    app_ef = int(getattr(visualsearch_settings, setting))
     rng = np.random.default_rng(args.seed + 3)
     idx = rng.choice(n, args.filtered_queries, replace=False)
     cats = rng.integers(1, args.categories + 1, len(idx))
@@ -580,7 +585,10 @@ def filtered(kind, n, d, vectors, categories, args, clustered=False, partial=Fal
     }
     if partial:
         cases = {
-            "raw partial HNSW index (ef 100)": ("raw", dict(ef=100, copy=True, sort=False)),
+            f"raw partial HNSW index (ef {app_ef})": (
+                "raw",
+                dict(ef=app_ef, copy=True, sort=False),
+            ),
             "app similar_products (auto), partial index": ("app", {}),
             "raw exact, copy (B-tree on the image table)": ("raw", dict(exact=True, copy=True)),
         }
@@ -632,7 +640,7 @@ def filtered(kind, n, d, vectors, categories, args, clustered=False, partial=Fal
                 "index": kind,
                 "filter": "category (1 of 200)",
                 "case": name + (", clustered" if clustered else ""),
-                "ef_search": opts.get("ef") if path == "raw" else 100,
+                "ef_search": opts.get("ef") if path == "raw" else app_ef,
                 "estimated_rows": estimate,
                 **summarise(lat, rec, cnt),
             }
@@ -669,7 +677,7 @@ def build_partial_indexes(kind: str, args) -> dict:
     return {
         "partial_indexes": count,
         "partial_build_s": round(seconds, 1),
-        "partial_index_mb": round((size or 0) / 2**20, 1),
+        "partial_index_mb": round(float(size or 0) / 2**20, 1),
     }
 
 
@@ -712,7 +720,7 @@ def _print_rows(rows: list[dict]) -> None:
 
 def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
     print(f"\n{title}")
-    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    widths = [max([len(c), *(len(str(r.get(c, ""))) for r in rows)]) for c in columns]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for r in rows:
         print("  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths, strict=True)))

@@ -77,7 +77,8 @@ def test_the_command_indexes_values_with_enough_images(two_categories):
     assert "Dropped 1 partial index(es)." in out.getvalue() and not partial_indexes()
 
 
-def test_a_filter_on_an_indexed_value_walks_its_partial_index(two_categories):
+def test_a_filter_on_an_indexed_value_walks_its_partial_index(two_categories, settings):
+    settings.VISUALSEARCH = {**settings.VISUALSEARCH, "FILTER_INDEX_EF_SEARCH": 321}
     shoes, shirts = two_categories["shoes"], two_categories["shirts"]
     filter_indexes.create("category", 100)
     assert filter_indexes.serving_index({"category": shoes})
@@ -91,7 +92,8 @@ def test_a_filter_on_an_indexed_value_walks_its_partial_index(two_categories):
     sqls = [q["sql"] for q in queries.captured_queries]
     [knn] = [sql for sql in sqls if "<=>" in sql]
     assert "+ 0" not in knn  # the index's ordering, not an exact scan
-    assert any("force_custom_plan" in sql and "enable_sort = off" in sql for sql in sqls)
+    [settings_sql] = [sql for sql in sqls if "force_custom_plan" in sql]
+    assert "enable_sort = off" in settings_sql and "hnsw.ef_search = 321" in settings_sql
     assert not any(sql.startswith("EXPLAIN") for sql in sqls)  # no estimate needed
     shoe_rows = np.arange(150)
     truth = shoe_rows[np.argsort(-(two_categories["vectors"][shoe_rows] @ query))][:5]

@@ -37,6 +37,10 @@ DEFAULTS: dict[str, Any] = {
     # answered by an exact scan over those rows (through the filter's B-tree index) instead of
     # the HNSW index's iterative scan (0: always the index). See bench/query_bench.py.
     "EXACT_SEARCH_MAX_ROWS": 10_000,
+    # hnsw.ef_search for a filter value walking its own partial HNSW index
+    # (visualsearch_filter_indexes): a graph of a few thousand rows needs a longer candidate
+    # list than the whole table's for the same recall, and costs little more to walk.
+    "FILTER_INDEX_EF_SEARCH": 200,
     # Images per encoder batch in workers and in the reindex command.
     "BATCH_SIZE": 32,
     # Largest accepted image, in pixels (decompression-bomb guard) and bytes.

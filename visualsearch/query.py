@@ -367,10 +367,11 @@ def _run(
 
     The index settings go in one statement inside the query's transaction; an exact scan
     needs neither them nor the transaction. A numpy vector among ``params`` goes as a vector.
-    ``partial``: a partial HNSW index serves the filter value. The statement is then planned
-    for its parameter values even when it is prepared (a generic plan cannot use a partial
-    index), and without sorting, which the planner would otherwise price below walking the
-    small graph for a few thousand rows.
+    ``partial``: a partial HNSW index serves the filter value (``FILTER_INDEX_EF_SEARCH``
+    instead of ``HNSW_EF_SEARCH``). The statement is then planned for its parameter values
+    even when it is prepared (a generic plan cannot use a partial index), and without
+    sorting, which the planner would otherwise price below walking the small graph for a few
+    thousand rows.
     """
     if any(isinstance(param, np.ndarray) for param in params):
         statements.vector_parameters(connections[db])
@@ -378,7 +379,8 @@ def _run(
         with connections[db].cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.fetchall()
-    ef_search = min(max(int(visualsearch_settings.HNSW_EF_SEARCH), limit), 1000)
+    ef_setting = "FILTER_INDEX_EF_SEARCH" if partial else "HNSW_EF_SEARCH"
+    ef_search = min(max(int(getattr(visualsearch_settings, ef_setting)), limit), 1000)
     with transaction.atomic(using=db):
         with connections[db].cursor() as cursor:
             cursor.execute(
