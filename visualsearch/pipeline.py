@@ -204,9 +204,6 @@ def _write(model: type, pk, name: str, vector, digest: str, model_id: str) -> bo
         return cursor.rowcount > 0
 
 
-#: Raw psycopg connections that already know pgvector's binary dumper.
-
-
 def _mark_failed(model: type, pk, name: str, reason: str, result: EmbedResult) -> None:
     logger.warning("visualsearch: image %s failed: %s", pk, reason)
     model._base_manager.filter(pk=pk, **{visualsearch_settings.IMAGE_FIELD: name}).update(

@@ -175,15 +175,9 @@ def _nearest(
         return []
     model = get_image_model()
     db = model.objects.db
-    # Integer and string filter values travel as parameters (``filter:<lookup>``); the rest
-    # (booleans, decimals, instances…) are part of the statement's key.
-    values = dict(values)
-    keyed = {}
-    for name, value in filters.items():
-        if type(value) in (int, str):
-            values[f"filter:{name}"] = value
-        else:
-            keyed[name] = value
+    parameters = _filter_parameters(filters)
+    values = {**values, **parameters}
+    keyed = {name: v for name, v in filters.items() if f"filter:{name}" not in parameters}
     frozen = tuple(sorted((name, statements.freeze(value)) for name, value in keyed.items()))
     cacheable = all(value is not None for _name, value in frozen)
     # A filter value with its own partial HNSW index walks that index (visualsearch_filter_indexes).
@@ -261,6 +255,12 @@ def _knn_queryset(model: type, values: dict, *, limit: int, exact: bool, filters
     )
 
 
+def _filter_parameters(filters: dict) -> dict:
+    """Integer and string filter values travel as statement parameters (``filter:<lookup>``);
+    the rest (booleans, decimals, instances…) are part of the statement's key."""
+    return {f"filter:{name}": value for name, value in filters.items() if type(value) in (int, str)}
+
+
 def _filtered(model: type, values: dict, filters: dict) -> Any:
     """The ready images matching ``filters`` (their values from ``values`` where given)."""
     images = model.objects.ready()
@@ -289,7 +289,7 @@ def _prefers_exact(model: type, filters: dict, cacheable: bool) -> bool:
     key = (db, model._meta.label, repr(visualsearch_settings.IMAGE_FILTER_FIELDS), frozen)
     cached = _estimates.get(key)
     if cached is None or time.monotonic() - cached[0] >= ESTIMATE_TTL:
-        values = {f"filter:{name}": v for name, v in filters.items() if type(v) in (int, str)}
+        values = _filter_parameters(filters)
         # The statement's key: every filter's name, and the values that are not parameters.
         shape = tuple(item if f"filter:{item[0]}" not in values else item[0] for item in frozen)
         build = partial(_estimate_queryset, model, filters=filters)
