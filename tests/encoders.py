@@ -14,3 +14,17 @@ class ImageOnlyCLIPEncoder(CLIPEncoder):
 def image_only_settings(settings_visualsearch: dict) -> dict:
     """``VISUALSEARCH`` with the image-only encoder swapped in (same vectors, same model id)."""
     return {**settings_visualsearch, "ENCODER": "tests.encoders.ImageOnlyCLIPEncoder"}
+
+
+class UnnormalisedCLIPEncoder(CLIPEncoder):
+    """The tiny CLIP returning rows of length 3: an encoder that breaks the unit contract."""
+
+    def encode_images(self, images):
+        return 3.0 * super().encode_images(images)
+
+
+class WideEncoder(BaseEncoder):
+    """Only a size: 768-d vectors (CLIP ViT-L/14's), too long for a B-tree entry."""
+
+    dimensions = 768
+    model_id = "tests:wide-768"

@@ -80,6 +80,19 @@ def test_embed_writes_vector_model_hash_and_status(make_product):
 
 
 @pytest.mark.django_db
+def test_vectors_are_stored_at_unit_length_whatever_the_encoder_returns(make_product, settings):
+    """Exact scans rank by inner product, which equals cosine only for unit vectors."""
+    settings.VISUALSEARCH = {
+        **settings.VISUALSEARCH,
+        "ENCODER": "tests.encoders.UnnormalisedCLIPEncoder",
+    }
+    image = make_product().images.get()
+    assert embed_images([image.pk]).ready == [image.pk]
+    vector = np.asarray(ProductImage.objects.get(pk=image.pk).embedding)
+    assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.django_db
 def test_embedding_is_idempotent(make_product):
     image = make_product().images.get()
     embed_images([image.pk])

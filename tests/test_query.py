@@ -8,6 +8,7 @@ from PIL import Image
 
 from shop.catalog.models import Category, ProductImage
 from tests.conftest import make_image_bytes
+from tests.knn import is_knn
 from visualsearch.encoders import TextEncodingNotSupported
 from visualsearch.pipeline import embed_images
 from visualsearch.query import (
@@ -129,7 +130,7 @@ def test_similar_products_query_uses_the_hnsw_index(catalog):
         cursor.execute(f"ANALYZE {ProductImage._meta.db_table}")
     with CaptureQueriesContext(connection) as queries:
         assert len(similar_products(product, k=8)) == 8
-    knn = [q["sql"] for q in queries.captured_queries if "<=>" in q["sql"] and "LIMIT" in q["sql"]]
+    knn = [q["sql"] for q in queries.captured_queries if is_knn(q["sql"]) and "LIMIT" in q["sql"]]
     assert len(knn) == 1, [q["sql"] for q in queries.captured_queries]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")

@@ -6,9 +6,15 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from shop.catalog.models import Category, Product, ProductImage
+from tests.knn import is_knn
 from visualsearch.encoders import get_encoder
 from visualsearch.models import image_hnsw_index
-from visualsearch.query import estimated_rows, nearest_products, prefers_exact_scan
+from visualsearch.query import (
+    estimated_rows,
+    nearest_products,
+    prefers_exact_scan,
+    similar_products,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -62,7 +68,7 @@ def brute_force(catalog, query, k, category):
 
 
 def knn_sql(queries):
-    return [q["sql"] for q in queries.captured_queries if "<=>" in q["sql"]]
+    return [q["sql"] for q in queries.captured_queries if is_knn(q["sql"])]
 
 
 def test_estimate_comes_from_the_planner(vector_catalog):
@@ -80,9 +86,37 @@ def test_selective_filter_is_answered_exactly(vector_catalog, threshold):
         results = nearest_products(query, k=5, category=vector_catalog["rare"])
     assert [p.pk for p in results] == brute_force(vector_catalog, query, 5, vector_catalog["rare"])
     [sql] = knn_sql(queries)
-    assert "+ 0" in sql  # the ordering the HNSW index cannot serve
+    assert "<#>" in sql  # inner product: an ordering the cosine HNSW index cannot serve
     assert not any("hnsw" in q["sql"] for q in queries.captured_queries)
     assert any(q["sql"].startswith("EXPLAIN") for q in queries.captured_queries)
+
+
+def test_exact_scan_reports_cosine_distances(vector_catalog, threshold):
+    """The exact scan ranks by inner product; what it reports is still the cosine distance,
+    for a query of any length and for the mean of a product's images."""
+    threshold(100)
+    vectors, rare = vector_catalog["vectors"], vector_catalog["rare"]
+    query = 3.5 * vectors[500]  # not unit length
+    results = nearest_products(query, k=5, exact=True, category=rare)
+    products = vector_catalog["products"]
+    cosine = {p.pk: float(v @ vectors[500]) for p, v in zip(products, vectors, strict=True)}
+    assert [p.distance for p in results] == pytest.approx(
+        [1 - cosine[p.pk] for p in results], abs=1e-5
+    )
+    assert [p.pk for p in results] == [
+        p.pk for p in nearest_products(vectors[500], k=5, exact=True, category=rare)
+    ]
+    # similar_products: the mean of product 0's (one) image, through the exact scan too
+    me = products[0]
+    with CaptureQueriesContext(connection) as queries:
+        similar = similar_products(me, k=3, category=rare)
+    assert "<#>" in knn_sql(queries)[0]
+    mine = vectors[0]
+    expected = sorted(
+        (1 - float(v @ mine), p.pk) for p, v in zip(products[1:RARE], vectors[1:RARE], strict=True)
+    )[:3]
+    assert [p.pk for p in similar] == [pk for _, pk in expected]
+    assert [p.distance for p in similar] == pytest.approx([d for d, _ in expected], abs=1e-5)
 
 
 def test_unselective_filter_uses_the_index(vector_catalog, threshold):
@@ -94,7 +128,7 @@ def test_unselective_filter_uses_the_index(vector_catalog, threshold):
     assert len(results) == 5
     assert {p.category_id for p in results} == {vector_catalog["common"].pk}
     [sql] = knn_sql(queries)
-    assert "+ 0" not in sql
+    assert "<#>" not in sql
     assert any("SET LOCAL hnsw.ef_search" in q["sql"] for q in queries.captured_queries)
 
 

@@ -21,6 +21,7 @@ from django.utils import timezone
 from visualsearch import cache, statements
 from visualsearch.conf import get_image_model, visualsearch_settings
 from visualsearch.encoders import get_encoder
+from visualsearch.encoders.base import l2_normalize
 from visualsearch.images import InvalidImage, decode_image, fit_for_encoder, read_limited
 from visualsearch.models import EmbeddingStatus
 
@@ -172,6 +173,9 @@ def _vectors_by_hash(model: type, digests: set[str], model_id: str) -> dict[str,
 def _write(model: type, pk, name: str, vector, digest: str, model_id: str) -> bool:
     """Store a vector, unless the row's file changed meanwhile. True when a row was updated.
 
+    The vector is stored at unit length whatever the encoder returned: exact scans rank by
+    inner product (``visualsearch.query._distance``).
+
     The vector goes to Postgres as a binary parameter (pgvector's binary format) on the
     same connection and transaction as the ORM: Django binds parameters as text, and
     formatting then parsing 1,280 floats cost more than the UPDATE itself (2.8 ms against
@@ -191,7 +195,7 @@ def _write(model: type, pk, name: str, vector, digest: str, model_id: str) -> bo
             "embedded_at = %s, embedding_updated_at = %s "
             f"WHERE {quote(model._meta.pk.column)} = %s AND {quote(image_column)} = %s",
             [
-                np.asarray(vector, dtype=np.float32),
+                l2_normalize(np.asarray(vector)[None])[0],  # unit: exact scans rank by <#>
                 model_id,
                 digest,
                 EmbeddingStatus.READY.value,

@@ -15,9 +15,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 from django.db import connections, transaction
-from django.db.models import Avg, Subquery, Value
+from django.db.models import Avg, Func, Subquery, Value
 from django.db.models.functions import Cast
-from pgvector.django import CosineDistance, HalfVectorField
+from pgvector.django import CosineDistance, HalfVectorField, MaxInnerProduct
 from PIL import Image
 
 from visualsearch import copies, filter_indexes, statements
@@ -153,7 +153,8 @@ def nearest_products(
     exact scan. ``exclude`` is a product, or a list, set or tuple of product primary keys, to
     leave out.
     """
-    values: dict[str, Any] = {"vector": np.asarray(vector, dtype=np.float32)}
+    # Unit length: the exact scan ranks by inner product (_distance).
+    values: dict[str, Any] = {"vector": l2_normalize(np.asarray(vector, dtype=np.float32)[None])[0]}
     if isinstance(exclude, list | set | frozenset | tuple):
         values["exclude"] = list(exclude)
     elif exclude is not None:
@@ -230,13 +231,15 @@ def _knn_queryset(model: type, values: dict, *, limit: int, exact: bool, filters
         field = model._meta.get_field("embedding")
         # The mean is computed in the k-NN query itself (a subquery Postgres runs once,
         # before the index scan): no vector travels to Python and back. Cosine distance
-        # ignores length, so the mean needs no normalising; no ready image makes it NULL, and
-        # then no row matches (a one-time filter: Postgres checks it before it scans).
+        # ignores length, but the exact scan ranks by inner product (_distance), so the mean
+        # is scaled to unit length, once; no ready image makes it NULL, and then no row
+        # matches (a one-time filter: Postgres checks it before it scans).
+        mean = Avg("embedding", output_field=field)
         query = Subquery(
             model.objects.ready()
             .filter(**{product_field: values["mean_of"]})
             .values(product_field)
-            .annotate(mean=Avg("embedding", output_field=field))
+            .annotate(mean=Func(mean, function="l2_normalize", output_field=field))
             .values("mean"),
             output_field=field,
         )
@@ -244,12 +247,9 @@ def _knn_queryset(model: type, values: dict, *, limit: int, exact: bool, filters
     else:  # a marker string, or (compiled per call) the vector's text
         vector = values["vector"]
         query = Value(vector if isinstance(vector, str) else _vector_text(vector))
-    distance = _distance(model, query, exact)
-    # "+ 0" hides the ordering from the index: an exact scan over the filtered rows.
-    order = distance + Value(0.0) if exact else distance
     attname = model._meta.get_field(product_field).attname
     return (
-        images.annotate(distance=order)
+        images.annotate(distance=_distance(model, query, exact))
         .order_by("distance")
         .values_list(attname, "distance")[:limit]
     )
@@ -343,11 +343,19 @@ def _distance(model: type, query: Any, exact: bool = False) -> Any:
     """``embedding <=> query``, or over half-precision copies with ``HNSW_HALFVEC``.
 
     With ``HNSW_HALFVEC`` the ordering is the expression the index is built on,
-    ``embedding::halfvec(n) <=> query::halfvec(n)``, so that the halfvec index serves it. An
-    ``exact`` scan reads the rows, not the index: it compares the full vectors, which is both
-    exact and cheaper than converting every row (1M × 512, a filtered scan: 6.8 against 11 ms).
+    ``embedding::halfvec(n) <=> query::halfvec(n)``, so that the halfvec index serves it.
+
+    An ``exact`` scan reads the rows, not the index, and compares the full vectors (exact,
+    and cheaper than converting every row to halfvec: 1M × 512, a filtered scan, 6.8 against
+    11 ms). It ranks by ``1 + (embedding <#> query)``: for unit vectors (what encoders
+    return and the pipeline stores) and a unit ``query`` that is the cosine distance, for one
+    dot product per row where ``<=>`` also computes both lengths (1M × 512, 5,000 rows of one
+    category: 3.85 against 4.40 ms, raw SQL). The expression also hides the ordering from the
+    cosine HNSW index.
     """
-    if exact or not visualsearch_settings.HNSW_HALFVEC:
+    if exact:
+        return MaxInnerProduct("embedding", query) + Value(1.0)
+    if not visualsearch_settings.HNSW_HALFVEC:
         return CosineDistance("embedding", query)
     half = HalfVectorField(dimensions=model._meta.get_field("embedding").dimensions)
     return CosineDistance(Cast("embedding", half), Cast(query, half))
