@@ -11,6 +11,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 from django.conf import settings
@@ -56,6 +57,29 @@ def make_image_bytes(
     out = io.BytesIO()
     image.save(out, fmt)
     return out.getvalue()
+
+
+def ready_images(products: list, seed: int) -> np.ndarray:
+    """One image per product with a ready random unit vector, written with ``bulk_create``
+    (which skips signals, so the category copy is set here as bulk writers set it); returns
+    the vectors in product order."""
+    from visualsearch.encoders import get_encoder
+
+    dimensions = ProductImage._meta.get_field("embedding").dimensions
+    vectors = np.random.default_rng(seed).standard_normal((len(products), dimensions))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    ProductImage.objects.bulk_create(
+        ProductImage(
+            product=product,
+            category=product.category,
+            image=f"products/{product.pk}.jpg",
+            embedding=vector,
+            embedding_status="ready",
+            embedding_model=get_encoder().model_id,
+        )
+        for product, vector in zip(products, vectors, strict=True)
+    )
+    return vectors
 
 
 @pytest.fixture

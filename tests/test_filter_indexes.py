@@ -11,9 +11,9 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from shop.catalog.models import Category, Product, ProductImage
+from tests.conftest import ready_images
 from tests.knn import is_knn
 from visualsearch import filter_indexes
-from visualsearch.encoders import get_encoder
 from visualsearch.query import nearest_products, similar_products
 
 pytestmark = pytest.mark.django_db
@@ -36,20 +36,7 @@ def two_categories(db):
         Product(name=f"p{i}", slug=f"p{i}", category=shoes if i < 150 else shirts)
         for i in range(190)
     )
-    dimensions = ProductImage._meta.get_field("embedding").dimensions
-    vectors = np.random.default_rng(7).standard_normal((190, dimensions)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    ProductImage.objects.bulk_create(
-        ProductImage(
-            product=product,
-            category=product.category,
-            image=f"products/{product.pk}.jpg",
-            embedding=vector,
-            embedding_status="ready",
-            embedding_model=get_encoder().model_id,
-        )
-        for product, vector in zip(products, vectors, strict=True)
-    )
+    vectors = ready_images(products, seed=7)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE catalog_productimage")
     return {"products": products, "vectors": vectors, "shoes": shoes, "shirts": shirts}
