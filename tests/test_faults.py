@@ -178,7 +178,12 @@ def celery(tmp_path):
 
 
 def busy(worker: Celery, seconds: float) -> psutil.Process:
-    """Wait until the worker's pool process has spent ``seconds`` of CPU on a task."""
+    """Wait until the worker's pool process has spent ``seconds`` of CPU on a task.
+
+    Keep ``seconds`` well below the task's own CPU time: a 160-image task takes about 1.7 s
+    of CPU here, and waiting for 1.5 s of it (counted from when this first looks) let the
+    task finish first now and then.
+    """
     wait_for(
         lambda: "embed_images[" in worker.text() and "received" in worker.text(),
         WORK_TIMEOUT,
@@ -392,7 +397,7 @@ def test_a_pool_process_killed_mid_task_is_redelivered_and_not_redone(celery, br
     pks = create_rows(distinct=180, copies=20)
     worker = celery("worker")
     enqueue(ProductImage, pks, batch_size=len(pks))
-    child = busy(worker, seconds=1.5)
+    child = busy(worker, seconds=0.5)
     assert statuses(pks) == {EmbeddingStatus.PENDING: len(pks)}  # mid-task: nothing written
     child.send_signal(signal.SIGKILL)
 
@@ -427,7 +432,7 @@ def test_a_worker_killed_outright_mid_task_is_redelivered_after_the_visibility_t
     pks = create_rows(distinct=150, copies=10, seed=1)
     first = celery("worker", env)
     enqueue(ProductImage, pks, batch_size=len(pks))
-    busy(first, seconds=1.5)
+    busy(first, seconds=0.5)
     first.kill()
     killed = time.monotonic()
     assert statuses(pks) == {EmbeddingStatus.PENDING: len(pks)}
@@ -522,7 +527,7 @@ def test_a_postgres_restart_while_the_worker_embeds_is_retried(celery, broker):
         )
         worker = celery("worker", {"DATABASE_URL": url})
         embed_images_task.apply_async(args=("catalog", "productimage", pks, False))
-        busy(worker, seconds=1.5)
+        busy(worker, seconds=0.5)
         postgres.stop()
         stopped = time.monotonic()
         # Down until the task has failed on the cut connection and on a refused one.
