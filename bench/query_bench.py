@@ -281,6 +281,12 @@ def _now():
     return timezone.now()
 
 
+def maintenance_settings(cursor, args) -> None:
+    """The session's memory and parallel workers for index builds and CLUSTER."""
+    cursor.execute(f"SET maintenance_work_mem = '{args.maintenance_work_mem}'")
+    cursor.execute(f"SET max_parallel_maintenance_workers = {args.parallel_workers}")
+
+
 def build_index(kind: str, d: int, args) -> dict:
     from django.db import connection
 
@@ -302,8 +308,7 @@ def build_index(kind: str, d: int, args) -> dict:
     if seconds is None:
         with connection.cursor() as cursor:
             cursor.execute("DROP INDEX IF EXISTS productimage_hnsw")
-            cursor.execute(f"SET maintenance_work_mem = '{args.maintenance_work_mem}'")
-            cursor.execute(f"SET max_parallel_maintenance_workers = {args.parallel_workers}")
+            maintenance_settings(cursor, args)
             started = time.perf_counter()
             cursor.execute(definition)
             seconds = time.perf_counter() - started
@@ -686,8 +691,7 @@ def build_partial_indexes(kind: str, args) -> dict:
     from visualsearch import filter_indexes
 
     with connection.cursor() as cursor:
-        cursor.execute(f"SET maintenance_work_mem = '{args.maintenance_work_mem}'")
-        cursor.execute(f"SET max_parallel_maintenance_workers = {args.parallel_workers}")
+        maintenance_settings(cursor, args)
     settings = dict(HNSW_HALFVEC=kind == "halfvec", HNSW_M=args.m)
     with app_settings(**settings, HNSW_EF_CONSTRUCTION=args.ef_construction):
         started = time.perf_counter()
@@ -722,8 +726,7 @@ def build_covering_index(args) -> dict:
     index = filter_scan_index("category", name="productimage_category_scan")
     with connection.cursor() as cursor:
         cursor.execute(f"DROP INDEX IF EXISTS {index.name}")
-        cursor.execute(f"SET maintenance_work_mem = '{args.maintenance_work_mem}'")
-        cursor.execute(f"SET max_parallel_maintenance_workers = {args.parallel_workers}")
+        maintenance_settings(cursor, args)
     started = time.perf_counter()
     with connection.schema_editor() as editor:
         editor.add_index(ProductImage, index)
@@ -758,8 +761,7 @@ def cluster_by_category(args) -> float:
 
     name, _clustered = category_index()
     with connection.cursor() as cursor:
-        cursor.execute(f"SET maintenance_work_mem = '{args.maintenance_work_mem}'")
-        cursor.execute(f"SET max_parallel_maintenance_workers = {args.parallel_workers}")
+        maintenance_settings(cursor, args)
         started = time.perf_counter()
         cursor.execute(f"CLUSTER catalog_productimage USING {name}")
         seconds = time.perf_counter() - started

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from django.contrib.postgres.indexes import GinIndex, OpClass
 from django.contrib.postgres.search import SearchVectorField
+from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 from django.db.models.functions import Cast
 from django.utils import timezone
@@ -145,8 +146,6 @@ def filter_scan_index(field: str, name: str | None = None) -> models.Index:
         class Meta(EmbeddedImage.Meta):
             indexes = [*EmbeddedImage.Meta.indexes, filter_scan_index("category")]
     """
-    from django.core.exceptions import ImproperlyConfigured
-
     dimensions = configured_dimensions()
     if dimensions > MAX_FILTER_SCAN_DIMENSIONS:
         raise ImproperlyConfigured(

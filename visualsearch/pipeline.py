@@ -195,7 +195,7 @@ def _write(model: type, pk, name: str, vector, digest: str, model_id: str) -> bo
             "embedded_at = %s, embedding_updated_at = %s "
             f"WHERE {quote(model._meta.pk.column)} = %s AND {quote(image_column)} = %s",
             [
-                l2_normalize(np.asarray(vector)[None])[0],  # unit: exact scans rank by <#>
+                l2_normalize([vector])[0],  # unit: exact scans rank by <#>
                 model_id,
                 digest,
                 EmbeddingStatus.READY.value,

@@ -154,7 +154,7 @@ def nearest_products(
     leave out.
     """
     # Unit length: the exact scan ranks by inner product (_distance).
-    values: dict[str, Any] = {"vector": l2_normalize(np.asarray(vector, dtype=np.float32)[None])[0]}
+    values: dict[str, Any] = {"vector": l2_normalize([vector])[0]}
     if isinstance(exclude, list | set | frozenset | tuple):
         values["exclude"] = list(exclude)
     elif exclude is not None:
