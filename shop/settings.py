@@ -118,7 +118,7 @@ TEMPLATES = [
 if os.environ.get("DATABASE_URL"):
     DATABASES = {"default": database_from_url(os.environ["DATABASE_URL"])}
 else:
-    from shop.embedded_db import embedded_database_url
+    from visualsearch.contrib.embedded_postgres import embedded_database_url
 
     _pgdata = Path(os.environ.get("VISUALSEARCH_PGDATA", BASE_DIR / ".pgdata")).resolve()
     _database = os.environ.get("VISUALSEARCH_DB_NAME", "visualsearch")

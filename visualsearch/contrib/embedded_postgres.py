@@ -1,9 +1,15 @@
 """Development database: an embedded PostgreSQL 18 + pgvector server from the PyPI wheel.
 
-Used by the demo shop and the test-suite when ``DATABASE_URL`` is not set. The server runs
-from a data folder inside the project (git-ignored), listens on a Unix socket in that
-folder only, and keeps running after the process that started it exits, so that
-``runserver``, the Celery worker and ``manage.py`` commands all share it.
+For any project's settings (install ``django-visualsearch[embedded-postgres]``)::
+
+    from visualsearch.contrib.embedded_postgres import embedded_database
+
+    DATABASES = {"default": embedded_database(BASE_DIR / ".pgdata", "myshop")}
+
+The server runs from a data folder inside the project (keep it out of version control),
+listens on a Unix socket in that folder only, and keeps running after the process that
+started it exits, so that ``runserver``, the Celery worker and ``manage.py`` commands all
+share it. The demo shop and the test suites use it when ``DATABASE_URL`` is not set.
 """
 
 from __future__ import annotations
@@ -32,6 +38,24 @@ def embedded_database_url(pgdata: Path, database: str) -> str:
         if not exists:
             conn.execute(f'CREATE DATABASE "{database}"')
     return server.get_uri(database)
+
+
+def embedded_database(pgdata: Path | str, database: str, **options: object) -> dict:
+    """A ``DATABASES`` entry for ``database`` on the embedded server in ``pgdata`` (started
+    when it is not running). ``options`` go to the entry's ``OPTIONS``."""
+    from urllib.parse import parse_qs, urlparse
+
+    parts = urlparse(embedded_database_url(Path(pgdata).resolve(), database))
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": database,
+        "USER": parts.username or "",
+        "PASSWORD": parts.password or "",
+        "HOST": query.pop("host", parts.hostname or ""),
+        "PORT": str(parts.port or ""),
+        "OPTIONS": {**query, **options},
+    }
 
 
 def stop_embedded_server(pgdata: Path) -> None:
