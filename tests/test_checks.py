@@ -100,11 +100,37 @@ def test_dimension_mismatch_is_reported(settings):
     assert "32-d" in messages[0].msg and "1280-d" in messages[0].msg
 
 
-def test_bad_settings_are_reported(settings):
-    settings.VISUALSEARCH = {**settings.VISUALSEARCH, "IMAGE_MODEL": "catalog.Nope"}
-    assert ids(check_settings()) == ["visualsearch.E005"]
-    settings.VISUALSEARCH = {**settings.VISUALSEARCH, "IMAGE_MODEL": "catalog.Product"}
-    assert "must inherit" in check_settings()[0].msg
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"IMAGE_MODEL": "catalog.Nope"}, ["is not an installed model"]),
+        ({"IMAGE_MODEL": "Nope"}, ["is not an installed model", '"app_label.Model"']),
+        ({"IMAGE_MODEL": None}, ["Set VISUALSEARCH", "IMAGE_MODEL"]),
+        ({"IMAGE_MODEL": "catalog.Product"}, ["IMAGE_FIELD", "its file fields: none"]),
+        ({"IMAGE_FIELD": "picture"}, ["'picture' is not a field", "file fields: ['image']"]),
+        ({"IMAGE_FIELD": "alt_text"}, ["'alt_text'", "CharField, not an ImageField"]),
+        ({"PRODUCT_FIELD": "position"}, ["PRODUCT_FIELD", "must be a ForeignKey"]),
+        ({"PRODUCT_FIELD": "nope"}, ["'nope' is not a field"]),
+    ],
+)
+def test_bad_settings_are_reported(settings, changes, words):
+    """Every wrong name is a system-check error that says which setting, with a hint."""
+    settings.VISUALSEARCH = {**settings.VISUALSEARCH, **changes}
+    messages = check_settings()
+    assert ids(messages) == ["visualsearch.E005"]
+    assert all(word in messages[0].msg for word in words), messages[0].msg
+    assert messages[0].hint
+
+
+def test_an_embedded_image_model_without_its_indexes_is_an_error(monkeypatch):
+    """Putting the shop's own Meta first drops EmbeddedImage's indexes: E006, not silence."""
+    from shop.catalog.models import ProductImage
+
+    monkeypatch.setattr(ProductImage._meta, "indexes", [])
+    messages = check_settings()
+    assert ids(messages) == ["visualsearch.E006"]
+    assert "HNSW index" in messages[0].msg and "status" in messages[0].msg
+    assert "EmbeddedImage.Meta" in messages[0].hint
 
 
 def test_a_filter_lookup_that_does_not_fit_the_product_is_reported(settings):

@@ -1,6 +1,8 @@
 """Django admin for staff: embedding columns and actions, neighbours, overview, search by image.
 
-The host mixes :class:`EmbeddedImageAdminMixin` into its image ModelAdmin (and inline) and
+Images whose vectors live in visualsearch's table get :class:`ImageEmbeddingAdmin`, registered
+here. A host whose image model includes ``EmbeddedImage`` mixes
+:class:`EmbeddedImageAdminMixin` into its image ModelAdmin (and inline); any host may mix
 :class:`SimilarProductsAdminMixin` into its product ModelAdmin. The status overview and the
 search-by-image view hang off the table-less ``VisualSearch`` model, registered here on the
 default admin site, so that they appear on the admin index for staff with its view permission.
@@ -12,6 +14,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Count
 from django.http import HttpRequest
 from django.template.loader import render_to_string
@@ -21,9 +24,10 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from visualsearch import cache
-from visualsearch.conf import get_image_model, visualsearch_settings
+from visualsearch.conf import visualsearch_settings
 from visualsearch.forms import EmbeddableImageField
-from visualsearch.models import EmbeddingQuerySet, EmbeddingStatus, VisualSearch
+from visualsearch.models import EmbeddingQuerySet, EmbeddingStatus, ImageEmbedding, VisualSearch
+from visualsearch.storage import image_storage
 
 EMBEDDING_READONLY_FIELDS = (
     "embedding_thumbnail",
@@ -223,9 +227,8 @@ class SimilarProductsAdminMixin:
 
 def _image_statuses(product: Any) -> dict[str, Any]:
     """Why a product has no neighbours: its image rows by status, and whether one is ready."""
-    images = EmbeddingQuerySet(get_image_model()).filter(
-        **{visualsearch_settings.PRODUCT_FIELD: product}
-    )
+    storage = image_storage()
+    images = EmbeddingQuerySet(storage.model).filter(**{storage.product: product})
     rows = images.values("embedding_status").annotate(count=Count("pk")).order_by("-count")
     return {
         "has_ready": images.ready().exists(),
@@ -235,6 +238,81 @@ def _image_statuses(product: Any) -> dict[str, Any]:
     }
 
 
+class ImageEmbeddingAdmin(admin.ModelAdmin):
+    """visualsearch's own vector rows (images of a model that does not include
+    ``EmbeddedImage``): status, encoder, error and the image, with the re-embed actions.
+    Registered on the default site when those rows are in use; nothing here is editable."""
+
+    list_display = (
+        "embedding_thumbnail",
+        "image_link",
+        "product",
+        "embedding_status_badge",
+        "embedding_model",
+        "embedded_at",
+        "embedding_error",
+    )
+    list_filter = ("embedding_status", "embedding_model")
+    search_fields = ("=pk",)
+    actions = [reembed_selected, mark_stale_selected]
+    thumbnail_template = "admin/visualsearch/thumbnail.html"
+    thumbnail_size = 64
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        storage = image_storage()
+        return super().get_queryset(request).select_related(storage.product)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # rows follow the images
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple:
+        return (
+            "image_link",
+            "product",
+            "embedding_thumbnail",
+            "embedding_status_badge",
+            "embedding_model",
+            "embedding_hash",
+            "embedded_at",
+            "embedding_updated_at",
+            "embedding_error",
+        )
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple:
+        return self.get_readonly_fields(request, obj)
+
+    @admin.display(description="image")
+    def image_link(self, obj: Any) -> Any:
+        url = admin_url(self.admin_site, type(obj.image), "change", obj.pk)
+        return format_html('<a href="{}">{}</a>', url, obj.image) if url else str(obj.image)
+
+    @admin.display(description="product")
+    def product(self, obj: Any) -> Any:
+        return getattr(obj.image, visualsearch_settings.PRODUCT_FIELD)
+
+    @admin.display(description="thumbnail")
+    def embedding_thumbnail(self, obj: Any) -> SafeString:
+        fieldfile = getattr(obj.image, visualsearch_settings.IMAGE_FIELD, None)
+        return render_to_string(
+            self.thumbnail_template,
+            {"url": fieldfile.url if fieldfile else None, "size": self.thumbnail_size},
+        )
+
+    @admin.display(description="embedding status", ordering="embedding_status")
+    def embedding_status_badge(self, obj: Any) -> SafeString:
+        return status_badge(obj.embedding_status)
+
+
+def _register_image_embeddings(site: admin.AdminSite) -> None:
+    try:
+        separate = image_storage().separate
+    except ImproperlyConfigured:
+        return  # reported by system check visualsearch.E005
+    if separate and not site.is_registered(ImageEmbedding):
+        site.register(ImageEmbedding, ImageEmbeddingAdmin)
+
+
 from visualsearch.dashboard import VisualSearchAdmin  # noqa: E402  (uses the helpers above)
 
 admin.site.register(VisualSearch, VisualSearchAdmin)
+_register_image_embeddings(admin.site)

@@ -36,7 +36,7 @@ from visualsearch.adapt import (
     perceptron,
     torch_for_training,
 )
-from visualsearch.conf import get_image_model, get_text_model, visualsearch_settings
+from visualsearch.conf import get_text_model, visualsearch_settings
 from visualsearch.diversity import unit, vectors_by_product
 
 __all__ = [
@@ -162,14 +162,10 @@ def catalog_pairs() -> tuple[list, np.ndarray, np.ndarray]:
             "The text bridge learns from product texts: set VISUALSEARCH['TEXT_MODEL'] and "
             "embed them (`manage.py visualsearch_reindex --texts`)."
         )
-    product_field = visualsearch_settings.PRODUCT_FIELD
-    image_model = get_image_model()
-    texts = vectors_by_product(
-        text_model.objects.ready(), text_model._meta.get_field(product_field).attname
-    )
-    images = vectors_by_product(
-        image_model.objects.ready(), image_model._meta.get_field(product_field).attname
-    )
+    from visualsearch.storage import ready_rows
+
+    texts = vectors_by_product(*ready_rows(text_model))
+    images = vectors_by_product(*ready_rows())
     pks = sorted(set(texts) & set(images))
     if not pks:
         return [], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)

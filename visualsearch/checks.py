@@ -7,6 +7,7 @@
 | visualsearch.E003  | pgvector is older than 0.8.4                                     |
 | visualsearch.E004  | a stored vector size differs from its encoder's (image or text) |
 | visualsearch.E005  | the VISUALSEARCH settings are invalid                            |
+| visualsearch.E006  | an EmbeddedImage model lost its HNSW or status index             |
 | visualsearch.W001  | no Celery broker is configured                                   |
 | visualsearch.W002  | a 512-d or larger vector column is stored out of line (TOAST)    |
 """
@@ -36,9 +37,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
     from visualsearch.encoders import get_encoder
     from visualsearch.filters import get_filters
     from visualsearch.recommend import check_settings as check_recommend_settings
+    from visualsearch.storage import check_image_model, missing_indexes
 
     messages = []
     try:
+        check_image_model()
         get_product_model()
         get_filters()  # every FILTERS lookup fits the product model
         copied_fields()  # IMAGE_FILTER_FIELDS name matching columns
@@ -57,6 +60,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
                 id="visualsearch.E005",
             )
         )
+    else:
+        messages += _index_errors(missing_indexes())
     try:
         from celery import current_app
 
@@ -75,6 +80,23 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
             )
         )
     return messages
+
+
+def _index_errors(missing: list[str]) -> list:
+    if not missing:
+        return []
+    from visualsearch.conf import visualsearch_settings
+
+    return [
+        Error(
+            f"{visualsearch_settings.IMAGE_MODEL} includes EmbeddedImage but has no "
+            f"{' and no '.join(missing)}: its own Meta.indexes replaced EmbeddedImage's.",
+            hint="Write class Meta(EmbeddedImage.Meta) and keep *EmbeddedImage.Meta.indexes in "
+            "indexes = [...], or drop EmbeddedImage and let visualsearch keep the vectors in "
+            "its own table.",
+            id="visualsearch.E006",
+        )
+    ]
 
 
 def check_text_settings() -> None:
@@ -160,11 +182,12 @@ def check_connection(connection: Any) -> list:
 
 def check_dimensions(connection: Any) -> list:
     """E004: the embedding columns' declared sizes equal their encoders' (image and text)."""
-    from visualsearch.conf import get_image_model, get_text_model
+    from visualsearch.conf import get_text_model
     from visualsearch.encoders import get_encoder, get_text_encoder
+    from visualsearch.storage import image_storage
 
     try:
-        pairs = [(get_image_model(), get_encoder)]
+        pairs = [(image_storage().model, get_encoder)]
         text_model = get_text_model()
         if text_model is not None:
             pairs.append((text_model, get_text_encoder))
@@ -203,10 +226,11 @@ TOAST_VECTOR_BYTES = 1800
 
 def check_storage(connection: Any) -> list:
     """W002: an embedding column large enough for TOAST is stored out of line (``EXTERNAL``)."""
-    from visualsearch.conf import get_image_model, get_text_model
+    from visualsearch.conf import get_text_model
+    from visualsearch.storage import image_storage
 
     try:
-        models = [get_image_model(), get_text_model()]
+        models = [image_storage().model, get_text_model()]
     except ImproperlyConfigured:
         return []  # reported by E005
     messages = []

@@ -14,7 +14,9 @@ from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 DEFAULTS: dict[str, Any] = {
-    # "app_label.ModelName" of the host's image model (it includes EmbeddedImage).
+    # "app_label.ModelName" of the host's image model, any model with an image field and a
+    # foreign key to the product. Its vectors live in visualsearch's ImageEmbedding table,
+    # or on its own rows when it includes visualsearch.models.EmbeddedImage.
     "IMAGE_MODEL": None,
     # Name of the ImageField on the image model, and of the FK from image to product.
     "IMAGE_FIELD": "image",
@@ -62,6 +64,14 @@ DEFAULTS: dict[str, Any] = {
     # Product attributes shown in widgets and API results (None leaves one out).
     "PRODUCT_NAME_FIELD": "name",
     "PRODUCT_PRICE_FIELD": "price",
+    # Dotted paths of callables ``(product, request) -> value`` that replace the attributes
+    # above and the defaults for the link and the picture (get_absolute_url, the first
+    # image): for shops that compute them per request, such as django-oscar's prices.
+    # ``request`` is None where there is none (a Celery task, a management command).
+    "PRODUCT_NAME": None,
+    "PRODUCT_PRICE": None,
+    "PRODUCT_URL": None,
+    "PRODUCT_THUMBNAIL": None,
     # Product fields copied onto the image rows, {image field: product field}: filters on
     # them read the image table alone (visualsearch.copies keeps the copies in step).
     "IMAGE_FILTER_FIELDS": {},
@@ -117,7 +127,14 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Settings that hold dotted paths, resolved on access under the name with "_CLASS" appended.
-IMPORT_STRINGS = {"ENCODER", "TEXT_ENCODER"}
+IMPORT_STRINGS = {
+    "ENCODER",
+    "TEXT_ENCODER",
+    "PRODUCT_NAME",
+    "PRODUCT_PRICE",
+    "PRODUCT_URL",
+    "PRODUCT_THUMBNAIL",
+}
 
 
 class VisualSearchSettings:
@@ -154,6 +171,8 @@ class VisualSearchSettings:
         return value
 
     def _import(self, key: str, dotted_path: Any) -> Any:
+        if dotted_path is None and key not in ("ENCODER", "TEXT_ENCODER"):
+            return None  # an optional hook left unset
         if not isinstance(dotted_path, str):
             raise ImproperlyConfigured(
                 f"VISUALSEARCH[{key!r}] must be a dotted import path string, got {dotted_path!r}."
@@ -186,28 +205,29 @@ setting_changed.connect(_reload, dispatch_uid="visualsearch.conf.reload")
 
 
 def get_image_model() -> type:
-    """The host's image model named by ``VISUALSEARCH["IMAGE_MODEL"]`` (``"app_label.Model"``)."""
+    """The host's image model named by ``VISUALSEARCH["IMAGE_MODEL"]`` (``"app_label.Model"``):
+    any installed model (``visualsearch.storage`` says where its vectors live)."""
     label = visualsearch_settings.IMAGE_MODEL
     if not label:
         raise ImproperlyConfigured(
             'Set VISUALSEARCH["IMAGE_MODEL"] to the "app_label.ModelName" of your image model.'
         )
-    from visualsearch.models import EmbeddedImage
-
-    return _host_model("IMAGE_MODEL", label, EmbeddedImage)
+    return _host_model("IMAGE_MODEL", label)
 
 
-def _host_model(key: str, label: str, base: type) -> type:
-    """The installed model ``label`` that the setting ``key`` names, checked to include ``base``."""
+def _host_model(key: str, label: Any, base: type | None = None) -> type:
+    """The installed model ``label`` that the setting ``key`` names, checked to include
+    ``base`` when given."""
     from django.apps import apps
 
     try:
         model = apps.get_model(label, require_ready=False)
-    except (ValueError, LookupError) as exc:
+    except (ValueError, LookupError, AttributeError) as exc:
         raise ImproperlyConfigured(
-            f'VISUALSEARCH["{key}"] = {label!r} is not an installed model: {exc}'
+            f'VISUALSEARCH["{key}"] = {label!r} is not an installed model ("app_label.Model"):'
+            f" {exc}"
         ) from exc
-    if not issubclass(model, base):
+    if base is not None and not issubclass(model, base):
         raise ImproperlyConfigured(
             f'VISUALSEARCH["{key}"] = {label!r} must inherit visualsearch.models.{base.__name__}.'
         )

@@ -91,7 +91,7 @@ def _concrete(model: type, name: Any) -> models.Field:
 
 
 def image_lookups(filters: dict[str, Any]) -> dict[str, Any]:
-    """``filters`` on the product as lookups on the image model.
+    """``filters`` on the product as lookups on the image vector rows.
 
     A lookup whose first part names a copied product field (``category``, ``category_id``,
     ``category__slug``, ``category__in``…) reads the image row's copy; the rest go through
@@ -101,14 +101,16 @@ def image_lookups(filters: dict[str, Any]) -> dict[str, Any]:
     for image_field, source in copied_fields().values():
         copies[source.name] = image_field.name
         copies[source.attname] = image_field.attname
-    product_field = visualsearch_settings.PRODUCT_FIELD
+    from visualsearch.storage import image_storage
+
+    storage = image_storage()
     lookups = {}
     for lookup, value in filters.items():
         first, _, rest = lookup.partition(LOOKUP_SEP)
         if first in copies:
             lookups[LOOKUP_SEP.join(filter(None, [copies[first], rest]))] = value
         else:
-            lookups[f"{product_field}{LOOKUP_SEP}{lookup}"] = value
+            lookups[f"{storage.product}{LOOKUP_SEP}{lookup}"] = value
     return lookups
 
 

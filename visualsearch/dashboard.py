@@ -18,9 +18,10 @@ from django.urls import path, reverse
 from django.utils.http import urlencode
 
 from visualsearch.admin import admin_url, can_view, status_badge
-from visualsearch.conf import get_image_model, get_product_model, visualsearch_settings
+from visualsearch.conf import get_product_model, visualsearch_settings
 from visualsearch.images import InvalidImage, preview_data_url
 from visualsearch.models import EmbeddingStatus
+from visualsearch.storage import image_storage
 
 
 class SearchByImageForm(forms.Form):
@@ -87,7 +88,8 @@ class VisualSearchAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         request.current_app = self.admin_site.name
-        image_model = get_image_model()
+        storage = image_storage()
+        image_model = storage.model  # the rows with the statuses (filters of the changelist)
         images_url = None
         if can_view(self.admin_site, request, image_model):
             images_url = admin_url(self.admin_site, image_model, "changelist")
@@ -141,7 +143,9 @@ class VisualSearchAdmin(admin.ModelAdmin):
             failures=[
                 {
                     "row": row,
-                    "product": getattr(row, visualsearch_settings.PRODUCT_FIELD),
+                    "product": getattr(
+                        image_storage().image_of(row), visualsearch_settings.PRODUCT_FIELD
+                    ),
                     "url": images_url and admin_url(self.admin_site, type(row), "change", row.pk),
                 }
                 for row in report.failures

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from django.db.models import BinaryField, F, Func
 
-from visualsearch.conf import get_image_model, get_product_model, visualsearch_settings
+from visualsearch.conf import get_product_model
+from visualsearch.storage import ready_rows
 
 
 def unit(matrix: np.ndarray) -> np.ndarray:
@@ -34,10 +35,8 @@ def product_vectors(pks: Iterable[Any], model: type | None = None) -> dict[Any, 
     pks = list(pks)
     if not pks:
         return {}
-    product_field = visualsearch_settings.PRODUCT_FIELD
-    rows = (model or get_image_model()).objects.ready()
-    attname = rows.model._meta.get_field(product_field).attname
-    return vectors_by_product(rows.filter(**{f"{attname}__in": pks}), attname)
+    rows, product_field = ready_rows(model)
+    return vectors_by_product(rows.filter(**{f"{product_field}__in": pks}), product_field)
 
 
 def sample_vectors(

@@ -49,14 +49,16 @@ def image_saved(
     if not created and original is not None and name == original:
         return
     setattr(instance, _ORIGINAL, name)
-    if not created:  # a new row is already pending (the field defaults)
-        now = timezone.now()
-        sender._base_manager.filter(pk=instance.pk).update(
-            embedding_status=EmbeddingStatus.PENDING, embedding_error="", embedding_updated_at=now
-        )
+    from visualsearch.storage import image_storage
+
+    storage = image_storage()
+    # A new row of an EmbeddedImage model is pending already (the field defaults); one in
+    # visualsearch's table is created here, in the saving transaction.
+    storage.mark_pending([instance.pk], created=created)
+    if not storage.separate and not created:
         instance.embedding_status = EmbeddingStatus.PENDING
         instance.embedding_error = ""
-        instance.embedding_updated_at = now
+        instance.embedding_updated_at = timezone.now()
     schedule(sender, instance.pk)
 
 

@@ -1,11 +1,16 @@
-"""The abstract model a host's image model includes, and its similarity queryset.
+"""Where vectors live, and their similarity queryset.
 
-class ProductImage(EmbeddedImage):
-    product = models.ForeignKey(Product, related_name="images", on_delete=models.CASCADE)
-    image = models.ImageField(upload_to="products/")
+Any image model works as it is: name it in ``VISUALSEARCH["IMAGE_MODEL"]`` and its vectors go
+to :class:`ImageEmbedding`, visualsearch's own table (one row per image, created by
+``migrate``). A shop that owns its image model may instead include the abstract
+:class:`EmbeddedImage`, which puts the same columns on its own rows::
 
-    class Meta(EmbeddedImage.Meta):   # keep the HNSW and status indexes
-        ordering = ["position"]
+    class ProductImage(EmbeddedImage):
+        product = models.ForeignKey(Product, related_name="images", on_delete=models.CASCADE)
+        image = models.ImageField(upload_to="products/")
+
+        class Meta(EmbeddedImage.Meta):   # keep the HNSW and status indexes
+            ordering = ["position"]
 """
 
 from __future__ import annotations
@@ -208,6 +213,55 @@ class EmbeddedImage(EmbeddingRecord):
             image_hnsw_index(),
             models.Index(fields=["embedding_status", "embedding_model"], name="%(class)s_vs_st"),
         ]
+
+    @classmethod
+    def embedding_encoder(cls) -> Any:
+        """The encoder whose vectors this model stores: the image ``ENCODER``."""
+        from visualsearch.encoders import get_encoder
+
+        return get_encoder()
+
+
+def _image_model_label() -> str:
+    """The label :class:`ImageEmbedding` links to; a placeholder while ``IMAGE_MODEL`` is
+    unset (system check E005 reports it, and ``migrate`` stops on that error)."""
+    label = visualsearch_settings.IMAGE_MODEL
+    return label if isinstance(label, str) and label.count(".") == 1 else "visualsearch.Unset"
+
+
+class ImageEmbedding(EmbeddingRecord):
+    """The vector of one image of the host's ``IMAGE_MODEL``, kept in visualsearch's table.
+
+    Used for every image model that does not include :class:`EmbeddedImage`: the host's
+    models stay as they are (django-oscar's ``catalogue.ProductImage``, for example). The
+    primary key is the image's, so a row and its image share one id; deleting the image
+    deletes the row. Rows are created when an image is saved, and by the periodic sweep for
+    images written in bulk.
+    """
+
+    image = models.OneToOneField(
+        _image_model_label(),
+        primary_key=True,
+        on_delete=models.CASCADE,
+        related_name="visualsearch_embedding",
+        verbose_name="image",
+    )
+    embedding = EmbeddingField()
+    embedding_hash = models.CharField(
+        "content hash", max_length=64, blank=True, default="", editable=False
+    )
+
+    class Meta:
+        verbose_name = "image embedding"
+        indexes = [
+            image_hnsw_index(name="visualsearch_image_hnsw"),
+            models.Index(
+                fields=["embedding_status", "embedding_model"], name="visualsearch_image_st"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Embedding of image {self.pk} ({self.embedding_status})"
 
     @classmethod
     def embedding_encoder(cls) -> Any:

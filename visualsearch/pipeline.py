@@ -19,11 +19,12 @@ from django.db import connections, router, transaction
 from django.utils import timezone
 
 from visualsearch import cache, statements
-from visualsearch.conf import get_image_model, visualsearch_settings
+from visualsearch.conf import visualsearch_settings
 from visualsearch.encoders import get_encoder
 from visualsearch.encoders.base import l2_normalize
 from visualsearch.images import InvalidImage, decode_image, fit_for_encoder, read_limited
 from visualsearch.models import EmbeddingStatus
+from visualsearch.storage import ImageStorage, image_storage
 
 logger = logging.getLogger(__name__)
 
@@ -58,23 +59,28 @@ def content_hash(data: bytes) -> str:
 
 
 def embed_images(pks: Iterable, *, model: type | None = None, force: bool = False) -> EmbedResult:
-    """Embed the image rows ``pks`` of ``model`` (default: the configured image model).
+    """Embed the images ``pks`` of the configured image model (``model``, when given, must
+    be that model or its vector model: tasks name it).
 
     Permanent problems (no file, missing file, undecodable data) mark the row ``failed`` with
     a reason. Transient ones (storage or database errors) raise, for the caller to retry.
     A row whose file was replaced while we worked is left to the task its save enqueued.
     """
-    model = model or get_image_model()
+    storage = image_storage()
+    if model is not None and model not in (storage.model, storage.image_model):
+        raise ValueError(f"{model._meta.label} is not the configured image model.")
+    model = storage.model
     encoder = get_encoder()
     image_field = visualsearch_settings.IMAGE_FIELD
     result = EmbedResult()
     pks = list(dict.fromkeys(pks))
-    rows = {row.pk: row for row in model._base_manager.filter(pk__in=pks)}
+    _add_missing_rows(storage, pks)
+    rows = {row.pk: row for row in storage.with_images(storage.rows.filter(pk__in=pks))}
     result.missing = [pk for pk in pks if pk not in rows]
 
     work: list[tuple] = []  # (row, file name, digest, image)
     for row in rows.values():
-        fieldfile = getattr(row, image_field)
+        fieldfile = getattr(storage.image_of(row), image_field)
         if not fieldfile:
             _mark_failed(model, row.pk, "", "The row has no image file.", result)
             continue
@@ -146,6 +152,19 @@ def embed_images(pks: Iterable, *, model: type | None = None, force: bool = Fals
     return result
 
 
+def _add_missing_rows(storage: ImageStorage, pks: list) -> None:
+    """Give the images among ``pks`` that have no vector row in visualsearch's table a
+    ``pending`` one (images saved in bulk, or sent by ``visualsearch_reindex``)."""
+    if not storage.separate:
+        return
+    have = set(storage.rows.filter(pk__in=pks).values_list("pk", flat=True))
+    if len(have) < len(pks):
+        images = storage.image_model._base_manager.filter(
+            pk__in=[pk for pk in pks if pk not in have]
+        ).values_list("pk", flat=True)
+        storage.rows.bulk_create([storage.model(pk=pk) for pk in images], ignore_conflicts=True)
+
+
 def _lock_contents(using: str, digests: set[str]) -> None:
     """Take a transaction-level advisory lock per content hash (SHA-256, first 64 bits),
     in ascending order so that two batches sharing contents cannot deadlock."""
@@ -185,7 +204,17 @@ def _write(model: type, pk, name: str, vector, digest: str, model_id: str) -> bo
     statements.vector_parameters(connection)
     raw = connection.connection
     quote = connection.ops.quote_name
-    image_column = model._meta.get_field(visualsearch_settings.IMAGE_FIELD).column
+    image_model = image_storage().image_model
+    image_column = quote(image_model._meta.get_field(visualsearch_settings.IMAGE_FIELD).column)
+    if image_model is not model:  # visualsearch's table: the file is on the image row
+        image_pk = quote(image_model._meta.pk.column)
+        still = (
+            f"EXISTS (SELECT 1 FROM {quote(image_model._meta.db_table)} AS i "
+            f"WHERE i.{image_pk} = %s AND i.{image_column} = %s)"
+        )
+        check = [pk, name]
+    else:
+        still, check = f"{image_column} = %s", [name]
     now = timezone.now()
     # Server-side binding sends %b's bytes as they are; errors become django.db errors.
     with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
@@ -193,7 +222,7 @@ def _write(model: type, pk, name: str, vector, digest: str, model_id: str) -> bo
             f"UPDATE {quote(model._meta.db_table)} SET embedding = %b, embedding_model = %s, "
             "embedding_hash = %s, embedding_status = %s, embedding_error = '', "
             "embedded_at = %s, embedding_updated_at = %s "
-            f"WHERE {quote(model._meta.pk.column)} = %s AND {quote(image_column)} = %s",
+            f"WHERE {quote(model._meta.pk.column)} = %s AND {still}",
             [
                 l2_normalize([vector])[0],  # unit: exact scans rank by <#>
                 model_id,
@@ -202,7 +231,7 @@ def _write(model: type, pk, name: str, vector, digest: str, model_id: str) -> bo
                 now,
                 now,
                 pk,
-                name,
+                *check,
             ],
         )
         return cursor.rowcount > 0
@@ -210,7 +239,8 @@ def _write(model: type, pk, name: str, vector, digest: str, model_id: str) -> bo
 
 def _mark_failed(model: type, pk, name: str, reason: str, result: EmbedResult) -> None:
     logger.warning("visualsearch: image %s failed: %s", pk, reason)
-    model._base_manager.filter(pk=pk, **{visualsearch_settings.IMAGE_FIELD: name}).update(
+    file_lookup = image_storage().on_image(visualsearch_settings.IMAGE_FIELD)
+    model._base_manager.filter(pk=pk, **{file_lookup: name}).update(
         embedding_status=EmbeddingStatus.FAILED,
         embedding_error=reason,
         embedding_updated_at=timezone.now(),
@@ -219,8 +249,11 @@ def _mark_failed(model: type, pk, name: str, reason: str, result: EmbedResult) -
 
 
 def mark_failed(model: type, pks: Iterable, reason: str) -> int:
-    """Record ``reason`` on rows whose embedding cannot be stored; returns how many."""
+    """Record ``reason`` on rows whose embedding cannot be stored; returns how many.
+    ``model`` is an embedding model, or the image model (its vector rows are meant)."""
     logger.error("visualsearch: images %s failed: %s", list(pks), reason)
+    if not hasattr(model, "embedding_encoder"):
+        model = image_storage().model
     count = model._base_manager.filter(pk__in=list(pks)).update(
         embedding_status=EmbeddingStatus.FAILED,
         embedding_error=reason,
@@ -236,7 +269,7 @@ def mark_stale(model: type | None = None) -> int:
     Queries only ever read vectors of the active model, so stale rows simply drop out of
     results until the background re-embedding reaches them.
     """
-    model = model or get_image_model()
+    model = model or image_storage().model
     count = (
         model._base_manager.filter(embedding_status=EmbeddingStatus.READY)
         .exclude(embedding_model=get_encoder().model_id)

@@ -21,10 +21,11 @@ from pgvector.django import CosineDistance, HalfVectorField, MaxInnerProduct
 from PIL import Image
 
 from visualsearch import copies, filter_indexes, statements
-from visualsearch.conf import get_image_model, get_product_model, visualsearch_settings
+from visualsearch.conf import get_product_model, visualsearch_settings
 from visualsearch.encoders import TextEncodingNotSupported, get_encoder
 from visualsearch.encoders.base import l2_normalize
 from visualsearch.images import open_query_image
+from visualsearch.storage import image_storage
 
 __all__ = [
     "TextEncodingNotSupported",
@@ -174,7 +175,8 @@ def _nearest(
     """
     if k < 1:
         return []
-    model = get_image_model()
+    storage = image_storage()
+    model = storage.model
     db = model.objects.db
     parameters = _filter_parameters(filters)
     values = {**values, **parameters}
@@ -184,7 +186,7 @@ def _nearest(
     # A filter value with its own partial HNSW index walks that index (visualsearch_filter_indexes).
     indexed = bool(filters) and not exact and filter_indexes.serving_index(filters, db)
     if filters and not indexed:
-        exact = exact or _prefers_exact(model, filters, cacheable)
+        exact = exact or _prefers_exact(storage, filters, cacheable)
     exclude = values.get("exclude")
     shape = (
         db,
@@ -199,7 +201,7 @@ def _nearest(
     )
     fetch = k * OVERFETCH
     while True:
-        build = partial(_knn_queryset, model, limit=fetch, exact=exact, filters=filters)
+        build = partial(_knn_queryset, storage, limit=fetch, exact=exact, filters=filters)
         if cacheable:
             sql, params = statements.compiled((*shape, fetch, exact), build, values)
         else:
@@ -217,10 +219,11 @@ def _nearest(
     return _load_products(best[:k], queryset)
 
 
-def _knn_queryset(model: type, values: dict, *, limit: int, exact: bool, filters: dict) -> Any:
+def _knn_queryset(storage: Any, values: dict, *, limit: int, exact: bool, filters: dict) -> Any:
     """``(product pk, distance)`` of the ``limit`` nearest ready images, as a queryset."""
-    product_field = visualsearch_settings.PRODUCT_FIELD
-    images = _filtered(model, values, filters)
+    model = storage.model
+    product_field = storage.product
+    images = _filtered(storage, values, filters)
     exclude = values.get("exclude")
     if isinstance(exclude, list):
         if exclude:
@@ -247,11 +250,10 @@ def _knn_queryset(model: type, values: dict, *, limit: int, exact: bool, filters
     else:  # a marker string, or (compiled per call) the vector's text
         vector = values["vector"]
         query = Value(vector if isinstance(vector, str) else _vector_text(vector))
-    attname = model._meta.get_field(product_field).attname
     return (
         images.annotate(distance=_distance(model, query, exact))
         .order_by("distance")
-        .values_list(attname, "distance")[:limit]
+        .values_list(product_field, "distance")[:limit]
     )
 
 
@@ -261,9 +263,9 @@ def _filter_parameters(filters: dict) -> dict:
     return {f"filter:{name}": value for name, value in filters.items() if type(value) in (int, str)}
 
 
-def _filtered(model: type, values: dict, filters: dict) -> Any:
+def _filtered(storage: Any, values: dict, filters: dict) -> Any:
     """The ready images matching ``filters`` (their values from ``values`` where given)."""
-    images = model.objects.ready()
+    images = storage.model.objects.ready()
     if filters:
         filters = {name: values.get(f"filter:{name}", value) for name, value in filters.items()}
         images = images.filter(**copies.image_lookups(filters))
@@ -275,7 +277,7 @@ ESTIMATE_TTL = 60.0
 _estimates: dict[tuple, tuple[float, bool]] = {}
 
 
-def _prefers_exact(model: type, filters: dict, cacheable: bool) -> bool:
+def _prefers_exact(storage: Any, filters: dict, cacheable: bool) -> bool:
     """:func:`prefers_exact_scan` for the ready images matching ``filters``; the answer for
     one filter is reused for ``ESTIMATE_TTL`` seconds (it changes with ANALYZE), and the
     ``EXPLAIN`` statement is compiled once per shape."""
@@ -283,7 +285,8 @@ def _prefers_exact(model: type, filters: dict, cacheable: bool) -> bool:
     if threshold <= 0:
         return False
     if not cacheable:
-        return prefers_exact_scan(_filtered(model, {}, filters))
+        return prefers_exact_scan(_filtered(storage, {}, filters))
+    model = storage.model
     db = model.objects.db
     frozen = tuple(sorted((name, statements.freeze(value)) for name, value in filters.items()))
     key = (db, model._meta.label, repr(visualsearch_settings.IMAGE_FILTER_FIELDS), frozen)
@@ -292,7 +295,7 @@ def _prefers_exact(model: type, filters: dict, cacheable: bool) -> bool:
         values = _filter_parameters(filters)
         # The statement's key: every filter's name, and the values that are not parameters.
         shape = tuple(item if f"filter:{item[0]}" not in values else item[0] for item in frozen)
-        build = partial(_estimate_queryset, model, filters=filters)
+        build = partial(_estimate_queryset, storage, filters=filters)
         sql, params = statements.compiled(("estimate", *key[:3], shape), build, values)
         if len(_estimates) > statements.SIZE:
             _estimates.clear()
@@ -300,8 +303,8 @@ def _prefers_exact(model: type, filters: dict, cacheable: bool) -> bool:
     return cached[1] <= threshold
 
 
-def _estimate_queryset(model: type, values: dict, *, filters: dict) -> Any:
-    return _filtered(model, values, filters).values("pk")
+def _estimate_queryset(storage: Any, values: dict, *, filters: dict) -> Any:
+    return _filtered(storage, values, filters).values("pk")
 
 
 def prefers_exact_scan(images: Any) -> bool:
@@ -362,9 +365,9 @@ def _distance(model: type, query: Any, exact: bool = False) -> Any:
 
 
 def _fetch(queryset, product_field: str, limit: int, exact: bool = False) -> list[tuple]:
-    """Evaluate ``queryset[:limit]`` as ``(product pk, distance)`` rows (see :func:`_run`)."""
-    attname = queryset.model._meta.get_field(product_field).attname
-    sql, params = queryset.values_list(attname, "distance")[:limit].query.sql_with_params()
+    """Evaluate ``queryset[:limit]`` as ``(product pk, distance)`` rows (see :func:`_run`);
+    ``product_field`` is the rows' lookup of their product."""
+    sql, params = queryset.values_list(product_field, "distance")[:limit].query.sql_with_params()
     return _run(sql, params, queryset.db, limit, exact)
 
 

@@ -34,12 +34,12 @@ from pgvector.django import CosineDistance
 
 from visualsearch import diversity
 from visualsearch.conf import (
-    get_image_model,
     get_product_model,
     get_text_model,
     visualsearch_settings,
 )
 from visualsearch.query import nearest_products
+from visualsearch.storage import ready_rows
 
 __all__ = [
     "EXPLORE",
@@ -148,8 +148,7 @@ def preference_vector(
     if not viewed:
         return None
     focus = _setting_share("RECOMMEND_FOCUS") if focus is None else float(focus)
-    product_field = visualsearch_settings.PRODUCT_FIELD
-    images = (model or get_image_model()).objects.ready()
+    images, product_field = ready_rows(model)
     if focus > 0 and len(viewed) > 1:
         latest = _mean(images.filter(**{product_field: viewed[-1]}))
         if latest is not None:  # one pass over the viewed products' images (their index)

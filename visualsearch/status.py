@@ -13,8 +13,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from visualsearch.conf import get_image_model, visualsearch_settings
+from visualsearch.conf import visualsearch_settings
 from visualsearch.models import EmbeddingQuerySet, EmbeddingStatus
+from visualsearch.storage import image_storage
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def embedding_report(model: type | None = None, *, failures: int = 5) -> Embeddi
     """
     from visualsearch.encoders import get_encoder
 
-    model = model or get_image_model()
+    model = model or image_storage().model
     encoder = get_encoder()
     rows = EmbeddingQuerySet(model).counts_by_status()
     by_status = {status.value: 0 for status in EmbeddingStatus}
@@ -86,10 +87,12 @@ def recent_failures(model: type | None = None, limit: int = 5) -> list:
     """The ``limit`` most recently failed image rows, their product selected along."""
     if limit < 1:
         return []
-    model = model or get_image_model()
+    storage = image_storage()
+    model = model or storage.model
+    product = storage.product if model is storage.model else visualsearch_settings.PRODUCT_FIELD
     return list(
         model._default_manager.filter(embedding_status=EmbeddingStatus.FAILED)
-        .select_related(visualsearch_settings.PRODUCT_FIELD)
+        .select_related(product)
         .order_by("-embedding_updated_at", "-pk")[:limit]
     )
 

@@ -14,8 +14,9 @@ from django.db import DataError, InterfaceError, OperationalError
 from django.db.models import Q
 from django.utils import timezone
 
-from visualsearch.conf import get_image_model, get_text_model, visualsearch_settings
+from visualsearch.conf import get_text_model, visualsearch_settings
 from visualsearch.models import EmbeddingStatus
+from visualsearch.storage import image_storage
 
 logger = logging.getLogger(__name__)
 
@@ -65,17 +66,19 @@ def _run(task, embed, app_label: str, model_name: str, pks: list, force: bool) -
 def sweep_pending() -> int:
     """Re-enqueue rows left ``pending`` (broker was down, task lost) and ``stale`` rows.
 
-    Covers the image model and, when text search is on, the product-text model; image rows
-    without their copies of product fields (``IMAGE_FILTER_FIELDS``) get them first.
+    Covers the images (those written in bulk get their row in visualsearch's table here)
+    and, when text search is on, the product-text model; image rows without their copies of
+    product fields (``IMAGE_FILTER_FIELDS``) get them first.
     """
     from visualsearch.copies import sync_copies
     from visualsearch.pipeline import mark_stale
     from visualsearch.texts import mark_stale_texts, products_without_text, sync_texts
 
-    model = get_image_model()
+    storage = image_storage()
     sync_copies(missing_only=True)  # images written by bulk_create
-    mark_stale(model)
-    sent = enqueue(model, _left_over(model))
+    added = storage.add_missing()  # images without a row in visualsearch's table
+    mark_stale(storage.model)
+    sent = enqueue(storage.image_model, added + _left_over(storage.model))
     text_model = get_text_model()
     if text_model is not None:
         mark_stale_texts()

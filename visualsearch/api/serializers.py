@@ -167,15 +167,15 @@ class SearchResultSerializer(serializers.Serializer):
 
     def to_representation(self, product: Any) -> dict[str, Any]:
         request = self.context["request"]
-        url = product_url(product)
-        thumbnail = thumbnail_url(product)
+        url = product_url(product, request)
+        thumbnail = thumbnail_url(product, request)
         return super().to_representation(
             {
                 "id": product.pk,
-                "name": product_name(product),
+                "name": product_name(product, request),
                 "url": request.build_absolute_uri(url) if url else None,
                 "thumbnail": request.build_absolute_uri(thumbnail) if thumbnail else None,
-                "price": product_price(product),
+                "price": product_price(product, request),
                 "score": product.similarity,
             }
         )

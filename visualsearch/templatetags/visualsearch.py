@@ -1,5 +1,6 @@
 """Template tags: ``{% load visualsearch %}`` then ``{% similar_products product limit=8 %}``
-or ``{% recommended_products request limit=8 %}``."""
+(or ``… as items`` to loop with the shop's own card) or
+``{% recommended_products request limit=8 %}``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from django import template
 from django.db import DatabaseError
+from django.template.library import parse_bits
 from django.template.loader import render_to_string
 from django.utils.safestring import mark_safe
 
@@ -31,36 +33,105 @@ DEFAULT_TEMPLATE = "visualsearch/similar_products.html"
 RECOMMENDED_TEMPLATE = "visualsearch/recommended_products.html"
 
 
-@register.simple_tag
+@register.tag("similar_products")
+def do_similar_products(parser: Any, token: Any) -> SimilarProductsNode:
+    """``{% similar_products product limit=8 template=… title=… **filters %}`` renders the
+    widget; ``{% similar_products product limit=8 as items %}`` puts the products (with
+    ``similarity`` and ``visualsearch_image``) in ``items`` instead, for the shop's own card.
+
+    Keyword arguments other than ``limit``, ``template`` and ``title`` filter the products
+    (``in_stock=True``).
+    """
+    bits = token.split_contents()
+    name, bits = bits[0], bits[1:]
+    target = None
+    if len(bits) >= 2 and bits[-2] == "as":
+        target, bits = bits[-1], bits[:-2]
+    args, kwargs = parse_bits(
+        parser,
+        bits,
+        params=["product", "limit", "template", "title"],
+        varargs=None,
+        varkw="filters",
+        defaults=(8, DEFAULT_TEMPLATE, "Similar products"),
+        kwonly=[],
+        kwonly_defaults=None,
+        takes_context=False,
+        name=name,
+    )
+    return SimilarProductsNode(args, kwargs, target)
+
+
+class SimilarProductsNode(template.Node):
+    """The ``similar_products`` tag: never breaks the product page (errors are logged)."""
+
+    def __init__(self, args: list, kwargs: dict, target: str | None) -> None:
+        self.args, self.kwargs, self.target = args, kwargs, target
+
+    def render(self, context: Any) -> str:
+        names = ["product", "limit", "template", "title"]
+        values = dict(zip(names, [arg.resolve(context) for arg in self.args], strict=False))
+        filters = {}
+        for key, value in self.kwargs.items():
+            (values if key in names else filters)[key] = value.resolve(context)
+        request = context.get("request")
+        try:
+            if self.target is not None:
+                context[self.target] = _similar(values.get("product"), values, filters)
+                return ""
+            return similar_products(request=request, **values, **filters)
+        except Exception:  # a broken widget must not take the product page down
+            logger.exception("visualsearch: similar products of %r failed", values.get("product"))
+            if self.target is not None:
+                context[self.target] = []
+            return ""
+
+
+def _similar(product: Any, values: dict, filters: dict) -> list:
+    if product is None or getattr(product, "pk", None) is None:
+        return []
+    limit = int(values.get("limit", 8))
+    return attach_thumbnails(query_similar_products(product, k=limit, **filters))
+
+
 def similar_products(
     product: Any,
     limit: int = 8,
     template: str = DEFAULT_TEMPLATE,
     title: str = "Similar products",
+    *,
+    request: Any = None,
     **filters: Any,
 ) -> str:
     """A grid of the ``limit`` products most similar to ``product``, from the HNSW index.
 
-    Keyword arguments other than ``limit``, ``template`` and ``title`` filter the products
-    (``in_stock=True``). Renders nothing while the product has no embedding yet, or when
-    the database query fails (logged): a product page never breaks because of the widget.
-    The rendering is cached for ``WIDGET_CACHE_TIMEOUT`` seconds and dropped as soon as an
-    embedding or a product changes.
+    Renders nothing while the product has no embedding yet. The rendering is cached for
+    ``WIDGET_CACHE_TIMEOUT`` seconds and dropped as soon as an embedding or a product
+    changes; not while a ``PRODUCT_*`` hook is set (its values may depend on the request).
     """
     if product is None or getattr(product, "pk", None) is None:
         return ""
     limit = int(limit)
+    cached = int(visualsearch_settings.WIDGET_CACHE_TIMEOUT) > 0 and not _hooks()
     key = _cache_key(product.pk, limit, template, title, filters)
-    html = cache.lookup(key)
+    html = cache.lookup(key) if cached else None
     if html is None:
-        html = _render(product, limit, template, title, filters)
+        html = _render(product, limit, template, title, filters, request)
         if html is None:
             return ""
-        cache.store(key, html, int(visualsearch_settings.WIDGET_CACHE_TIMEOUT))
+        if cached:
+            cache.store(key, html, int(visualsearch_settings.WIDGET_CACHE_TIMEOUT))
     return mark_safe(html)
 
 
-def _render(product: Any, limit: int, template_name: str, title: str, filters: dict) -> str | None:
+def _hooks() -> bool:
+    names = ("PRODUCT_NAME", "PRODUCT_PRICE", "PRODUCT_URL", "PRODUCT_THUMBNAIL")
+    return any(getattr(visualsearch_settings, name) for name in names)
+
+
+def _render(
+    product: Any, limit: int, template_name: str, title: str, filters: dict, request: Any = None
+) -> str | None:
     try:
         products = attach_thumbnails(query_similar_products(product, k=limit, **filters))
     except DatabaseError:
@@ -68,9 +139,11 @@ def _render(product: Any, limit: int, template_name: str, title: str, filters: d
         return None
     if not products:
         return ""
-    items = [_item(item) for item in products]
+    items = [_item(item, request) for item in products]
     return render_to_string(
-        template_name, {"product": product, "items": items, "title": title, "limit": limit}
+        template_name,
+        {"product": product, "items": items, "title": title, "limit": limit},
+        request=request,
     )
 
 
@@ -100,7 +173,7 @@ def recommended_products(
         return ""
     if not products:
         return ""
-    items = [{**_item(item), "reason": item.recommendation} for item in products]
+    items = [{**_item(item, request), "reason": item.recommendation} for item in products]
     context = {
         "items": items,
         "title": title,
@@ -110,13 +183,13 @@ def recommended_products(
     return mark_safe(render_to_string(template, context))
 
 
-def _item(product: Any) -> dict[str, Any]:
+def _item(product: Any, request: Any = None) -> dict[str, Any]:
     return {
         "product": product,
-        "name": product_name(product),
-        "url": product_url(product),
-        "thumbnail": thumbnail_url(product),
-        "price": product_price(product),
+        "name": product_name(product, request),
+        "url": product_url(product, request),
+        "thumbnail": thumbnail_url(product, request),
+        "price": product_price(product, request),
         "score": product.similarity,
     }
 

@@ -21,11 +21,12 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from tqdm import tqdm
 
-from visualsearch.conf import get_image_model, get_text_model, visualsearch_settings
+from visualsearch.conf import get_text_model, visualsearch_settings
 from visualsearch.copies import sync_copies
 from visualsearch.encoders import get_encoder, get_text_encoder
 from visualsearch.models import EmbeddingStatus
 from visualsearch.pipeline import embed_images, mark_stale
+from visualsearch.storage import ImageStorage, image_storage
 from visualsearch.tasks import enqueue
 from visualsearch.texts import embed_texts, mark_stale_texts, product_batches, sync_texts
 
@@ -67,13 +68,17 @@ class Command(BaseCommand):
         if options["texts"] and text_model is None:
             raise CommandError('--texts: text search is off (VISUALSEARCH["TEXT_MODEL"]).')
         if not options["texts"]:
-            self._images(get_image_model(), batch_size, options)
+            self._images(image_storage(), batch_size, options)
         if text_model is not None and not options["images"]:
             self._texts(text_model, batch_size, options)
 
-    def _images(self, model: type, batch_size: int, options: dict) -> None:
+    def _images(self, storage: ImageStorage, batch_size: int, options: dict) -> None:
+        model = storage.model
         if options["resize"]:
             self._resize(model, get_encoder().dimensions)
+        added = storage.add_missing(limit=None)
+        if added:
+            self.stdout.write(f"Registered {len(added)} image(s) saved without a vector row.")
         copied = sync_copies()
         if copied:
             self.stdout.write(f"Copied product fields (IMAGE_FILTER_FIELDS) to {copied} image(s).")
