@@ -258,3 +258,69 @@ def test_search_in_a_category(client, catalog):
         {"image": upload(make_image_bytes("purple")), "category": "shoes"},
     )
     assert sorted(result_names(response)) == sorted(p.name for p in catalog[:2])
+
+
+def hooked_price(product, request):
+    """A PRODUCT_PRICE hook that prices per request, as django-oscar's strategies do."""
+    return None if request is None else float(request.GET.get("rate", "1")) * 10
+
+
+def hooked_name(product, request):
+    return f"Hooked {product.pk}"
+
+
+def test_the_tag_puts_the_products_in_a_variable_for_the_shops_own_card(catalog):
+    template = Template(
+        "{% load visualsearch %}{% similar_products product limit=3 as items %}"
+        "{% for item in items %}[{{ item.pk }}:{{ item.similarity|floatformat:2 }}]{% endfor %}"
+    )
+    html = template.render(Context({"product": catalog[0]}))
+    pks = [int(part.split(":")[0]) for part in re.findall(r"\[([^\]]+)\]", html)]
+    assert len(pks) == 3 and catalog[0].pk not in pks
+    assert "vs-card" not in html  # no widget markup: the shop renders its own
+
+
+def test_the_tag_never_breaks_the_page(catalog, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a card template that needs a request")
+
+    monkeypatch.setattr("visualsearch.templatetags.visualsearch.query_similar_products", broken)
+    for arguments in ("limit=3", "limit=3 as items"):
+        html = Template(
+            "{% load visualsearch %}before{% similar_products product " + arguments + " %}"
+            "{{ items|length }}after"
+        ).render(Context({"product": catalog[0]}))
+        assert html.startswith("before") and html.endswith("after")
+    assert "a card template that needs a request" in caplog.text
+
+
+def test_product_hooks_get_the_request_and_are_not_cached(catalog, rf, settings):
+    settings.VISUALSEARCH = {
+        **settings.VISUALSEARCH,
+        "PRODUCT_PRICE": "tests.test_shop_pages.hooked_price",
+        "PRODUCT_NAME": "tests.test_shop_pages.hooked_name",
+    }
+    template = Template("{% load visualsearch %}{% similar_products product limit=2 %}")
+    first = template.render(Context({"product": catalog[0], "request": rf.get("/?rate=2")}))
+    second = template.render(Context({"product": catalog[0], "request": rf.get("/?rate=3")}))
+    assert first.count("€20.0<") == 2 and "Hooked" in first
+    assert second.count("€30.0<") == 2  # a per-request price: never cached
+
+
+def test_api_results_take_the_price_hook(client, catalog, settings):
+    settings.VISUALSEARCH = {
+        **settings.VISUALSEARCH,
+        "PRODUCT_PRICE": "tests.test_shop_pages.hooked_price",
+    }
+    url = reverse("visualsearch-api:similar-products", args=[catalog[0].pk])
+    results = client.get(url, {"rate": "4", "limit": 2}).json()["results"]
+    assert [float(result["price"]) for result in results] == [40.0, 40.0]
+
+
+def test_a_hook_that_does_not_import_is_a_check_error(settings):
+    from visualsearch.checks import check_settings
+
+    settings.VISUALSEARCH = {**settings.VISUALSEARCH, "PRODUCT_PRICE": "tests.nope.price"}
+    messages = check_settings()
+    assert [message.id for message in messages] == ["visualsearch.E005"]
+    assert "PRODUCT_PRICE" in messages[0].msg

@@ -43,6 +43,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
     try:
         check_image_model()
         get_product_model()
+        check_hooks()
         get_filters()  # every FILTERS lookup fits the product model
         copied_fields()  # IMAGE_FILTER_FIELDS name matching columns
         encoder = get_encoder()
@@ -80,6 +81,19 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
             )
         )
     return messages
+
+
+def check_hooks() -> None:
+    """Raise ``ImproperlyConfigured`` unless every ``PRODUCT_*`` hook set imports as a
+    callable (widgets and API results would fail at request time otherwise)."""
+    from visualsearch.conf import visualsearch_settings
+
+    for name in ("PRODUCT_NAME", "PRODUCT_PRICE", "PRODUCT_URL", "PRODUCT_THUMBNAIL"):
+        hook = getattr(visualsearch_settings, f"{name}_CLASS")
+        if hook is not None and not callable(hook):
+            raise ImproperlyConfigured(
+                f"VISUALSEARCH[{name!r}] must name a callable (product, request), got {hook!r}."
+            )
 
 
 def _index_errors(missing: list[str]) -> list:
