@@ -17,6 +17,7 @@ from tests.knn import is_knn
 from visualsearch import query
 from visualsearch.models import filter_scan_index
 from visualsearch.query import nearest_products, similar_products
+from visualsearch.storage import image_storage
 
 NAME = "productimage_category_scan"
 
@@ -63,7 +64,7 @@ def generic_plan_of_similar(product, category) -> str:
     """
     values = {"mean_of": product.pk, "exclude": product.pk, "filter:category": category.pk}
     sql, params = query._knn_queryset(
-        ProductImage, values, limit=20, exact=True, filters={"category": category.pk}
+        image_storage(), values, limit=20, exact=True, filters={"category": category.pk}
     ).query.sql_with_params()
     numbered = iter(range(1, len(params) + 1))
     sql = re.sub("%s", lambda _match: f"${next(numbered)}", sql)

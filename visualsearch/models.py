@@ -250,6 +250,9 @@ class ImageEmbedding(EmbeddingRecord):
     embedding_hash = models.CharField(
         "content hash", max_length=64, blank=True, default="", editable=False
     )
+    # The image's file name when it was embedded: the sweep finds files replaced without a
+    # signal (QuerySet.update) by comparing it with the image row's.
+    embedded_file = models.TextField("embedded file", blank=True, default="", editable=False)
 
     class Meta:
         verbose_name = "image embedding"

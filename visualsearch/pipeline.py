@@ -213,15 +213,17 @@ def _write(model: type, pk, name: str, vector, digest: str, model_id: str) -> bo
             f"WHERE i.{image_pk} = %s AND i.{image_column} = %s)"
         )
         check = [pk, name]
+        source, source_value = ", embedded_file = %s", [name]
     else:
         still, check = f"{image_column} = %s", [name]
+        source, source_value = "", []
     now = timezone.now()
     # Server-side binding sends %b's bytes as they are; errors become django.db errors.
     with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
         cursor.execute(
             f"UPDATE {quote(model._meta.db_table)} SET embedding = %b, embedding_model = %s, "
             "embedding_hash = %s, embedding_status = %s, embedding_error = '', "
-            "embedded_at = %s, embedding_updated_at = %s "
+            f"embedded_at = %s, embedding_updated_at = %s{source} "
             f"WHERE {quote(model._meta.pk.column)} = %s AND {still}",
             [
                 l2_normalize([vector])[0],  # unit: exact scans rank by <#>
@@ -230,6 +232,7 @@ def _write(model: type, pk, name: str, vector, digest: str, model_id: str) -> bo
                 EmbeddingStatus.READY.value,
                 now,
                 now,
+                *source_value,
                 pk,
                 *check,
             ],
@@ -239,11 +242,14 @@ def _write(model: type, pk, name: str, vector, digest: str, model_id: str) -> bo
 
 def _mark_failed(model: type, pk, name: str, reason: str, result: EmbedResult) -> None:
     logger.warning("visualsearch: image %s failed: %s", pk, reason)
-    file_lookup = image_storage().on_image(visualsearch_settings.IMAGE_FIELD)
+    storage = image_storage()
+    file_lookup = storage.on_image(visualsearch_settings.IMAGE_FIELD)
+    source = {"embedded_file": name} if storage.separate else {}
     model._base_manager.filter(pk=pk, **{file_lookup: name}).update(
         embedding_status=EmbeddingStatus.FAILED,
         embedding_error=reason,
         embedding_updated_at=timezone.now(),
+        **source,
     )
     result.failed[pk] = reason
 

@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
-from django.db import models
+from django.db import connections, models, router
 from django.db.models.constants import LOOKUP_SEP
 from django.utils import timezone
 
@@ -99,6 +99,30 @@ class ImageStorage:
         if missing:
             self.rows.bulk_create([self.model(pk=pk) for pk in missing], ignore_conflicts=True)
         return missing
+
+    def mark_replaced(self) -> list:
+        """Set ``pending`` the rows whose image's file is no longer the one embedded (replaced
+        by ``QuerySet.update`` or raw SQL, which send no signal); returns their primary keys.
+        One joined ``UPDATE``; nothing to do for the host-table layout, whose saves are seen.
+        """
+        if not self.separate:
+            return []
+        connection = connections[router.db_for_write(self.model)]
+        quote = connection.ops.quote_name
+        image_meta = self.image_model._meta
+        column = quote(image_meta.get_field(visualsearch_settings.IMAGE_FIELD).column)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {quote(self.model._meta.db_table)} AS e SET embedding_status = %s, "
+                "embedding_error = '', embedding_updated_at = %s "
+                f"FROM {quote(image_meta.db_table)} AS i "
+                f"WHERE i.{quote(image_meta.pk.column)} = e.{quote(self.model._meta.pk.column)} "
+                "AND e.embedding_status <> %s "
+                f"AND e.embedded_file IS DISTINCT FROM COALESCE(i.{column}, '') "
+                f"RETURNING e.{quote(self.model._meta.pk.column)}",
+                ["pending", timezone.now(), "pending"],
+            )
+            return [row[0] for row in cursor.fetchall()]
 
 
 def image_storage() -> ImageStorage:

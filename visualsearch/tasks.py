@@ -66,9 +66,10 @@ def _run(task, embed, app_label: str, model_name: str, pks: list, force: bool) -
 def sweep_pending() -> int:
     """Re-enqueue rows left ``pending`` (broker was down, task lost) and ``stale`` rows.
 
-    Covers the images (those written in bulk get their row in visualsearch's table here)
-    and, when text search is on, the product-text model; image rows without their copies of
-    product fields (``IMAGE_FILTER_FIELDS``) get them first.
+    Covers the images (those written in bulk get their row in visualsearch's table here,
+    those whose file was replaced without a signal are re-embedded) and, when text search is
+    on, the product-text model; image rows without their copies of product fields
+    (``IMAGE_FILTER_FIELDS``) get them first.
     """
     from visualsearch.copies import sync_copies
     from visualsearch.pipeline import mark_stale
@@ -77,8 +78,9 @@ def sweep_pending() -> int:
     storage = image_storage()
     sync_copies(missing_only=True)  # images written by bulk_create
     added = storage.add_missing()  # images without a row in visualsearch's table
+    replaced = storage.mark_replaced()  # files replaced by QuerySet.update
     mark_stale(storage.model)
-    sent = enqueue(storage.image_model, added + _left_over(storage.model))
+    sent = enqueue(storage.image_model, added + replaced + _left_over(storage.model))
     text_model = get_text_model()
     if text_model is not None:
         mark_stale_texts()

@@ -93,6 +93,12 @@ class Migration(migrations.Migration):
                         verbose_name="content hash",
                     ),
                 ),
+                (
+                    "embedded_file",
+                    models.TextField(
+                        blank=True, default="", editable=False, verbose_name="embedded file"
+                    ),
+                ),
             ],
             options={
                 "verbose_name": "image embedding",

@@ -19,12 +19,13 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from visualsearch.adapt import epoch_progress, is_held_out, precision_at_k, train_projection
-from visualsearch.conf import get_image_model, visualsearch_settings
+from visualsearch.conf import visualsearch_settings
 from visualsearch.encoders import get_encoder
 from visualsearch.encoders.adapted import AdaptedEncoder
 from visualsearch.images import InvalidImage, decode_image, read_limited
 from visualsearch.models import EmbeddingStatus
 from visualsearch.pipeline import mark_stale
+from visualsearch.storage import ImageStorage, image_storage
 from visualsearch.tasks import enqueue
 
 
@@ -98,13 +99,13 @@ class Command(BaseCommand):
 
     def _features(self, base: Any, options: dict) -> tuple:
         """Base features, labels, product ids and held-out flags of every labelled image."""
-        model = get_image_model()
-        product = visualsearch_settings.PRODUCT_FIELD
+        storage = image_storage()
+        model, product = storage.model, storage.product
         label, key = f"{product}__{options['label']}", f"{product}__{options['split_key']}"
         rows = list(
             model._base_manager.exclude(**{f"{label}__isnull": True})
             .order_by("pk")
-            .values_list("pk", f"{product}_id", key, label, "embedding_model", "embedding_status")
+            .values_list("pk", product, key, label, "embedding_model", "embedding_status")
         )
         if not rows:
             raise CommandError(f"No image has a product with a {options['label']!r} value.")
@@ -116,23 +117,23 @@ class Command(BaseCommand):
         missing = [row[0] for row in rows if row[0] not in stored]
         if missing:  # e.g. retraining while adapted vectors are active: encode with the base
             self.stdout.write(f"Encoding {len(missing)} image(s) with {base.model_id}.")
-            stored.update(self._encode(model, base, missing, options))
+            stored.update(self._encode(storage, base, missing, options))
         rows = [row for row in rows if row[0] in stored]
         features = np.stack([np.asarray(stored[row[0]], dtype=np.float32) for row in rows])
         held = np.array([is_held_out(row[2], options["holdout"], options["seed"]) for row in rows])
         return features, [str(row[3]) for row in rows], [row[1] for row in rows], held
 
-    def _encode(self, model: type, base: Any, pks: list, options: dict) -> dict:
+    def _encode(self, storage: ImageStorage, base: Any, pks: list, options: dict) -> dict:
         vectors = {}
         field = visualsearch_settings.IMAGE_FIELD
         bar = tqdm(total=len(pks), unit="img", disable=options["no_progress"], file=self.stderr)
         for start in range(0, len(pks), visualsearch_settings.BATCH_SIZE):
             batch, images = [], []
-            for row in model._base_manager.filter(
-                pk__in=pks[start : start + visualsearch_settings.BATCH_SIZE]
+            for row in storage.with_images(
+                storage.rows.filter(pk__in=pks[start : start + visualsearch_settings.BATCH_SIZE])
             ):
                 try:
-                    with getattr(row, field).open("rb") as handle:
+                    with getattr(storage.image_of(row), field).open("rb") as handle:
                         data = read_limited(handle, visualsearch_settings.MAX_IMAGE_BYTES)
                     images.append(
                         decode_image(data, max_pixels=visualsearch_settings.MAX_IMAGE_PIXELS)
@@ -163,7 +164,7 @@ class Command(BaseCommand):
         if options["reindex"] == "inline":
             call_command("visualsearch_reindex", "--stale", "--no-progress", stdout=self.stdout)
         elif options["reindex"] == "enqueue":
-            model = get_image_model()
+            model = image_storage().model
             pks = model._base_manager.filter(embedding_status=EmbeddingStatus.STALE).values_list(
                 "pk", flat=True
             )

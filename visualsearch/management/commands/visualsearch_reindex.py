@@ -79,6 +79,9 @@ class Command(BaseCommand):
         added = storage.add_missing(limit=None)
         if added:
             self.stdout.write(f"Registered {len(added)} image(s) saved without a vector row.")
+        replaced = storage.mark_replaced()
+        if replaced:
+            self.stdout.write(f"Marked {len(replaced)} image(s) whose file changed as pending.")
         copied = sync_copies()
         if copied:
             self.stdout.write(f"Copied product fields (IMAGE_FILTER_FIELDS) to {copied} image(s).")
