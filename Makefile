@@ -10,7 +10,7 @@ BROWSER_PACKAGES := chromium chromium-driver fonts-liberation
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
-.PHONY: demo test test-faults install browsers lint worker clean-db
+.PHONY: demo test test-oscar test-faults install browsers lint worker clean-db docs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,21 @@ browsers:
 		|| { $(SUDO) apt-get update && $(APT_INSTALL) $(BROWSER_PACKAGES); }; \
 	fi
 
+# The docs build and the Oscar adopter first, so that the main suite's summary closes the run.
 test: $(VENV)/.installed browsers
+	$(MAKE) docs
+	$(MAKE) test-oscar
 	$(VENV)/bin/pytest
+
+# The django-oscar adopter (examples/oscar): Oscar's own catalogue models, unmodified, with
+# visualsearch's side table, a real Celery worker, Redis and the embedded Postgres.
+test-oscar: $(VENV)/.installed
+	cd examples/oscar && ../../$(VENV)/bin/pytest
+
+# The documentation site (mkdocs.yml, docs/): warnings are errors. docs/settings.md is
+# regenerated from visualsearch/conf.py on every build; a stale committed copy fails it.
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 # Fault injection with real processes (Redis stopped, workers killed, Postgres restarted).
 test-faults: $(VENV)/.installed
