@@ -324,3 +324,28 @@ def test_a_hook_that_does_not_import_is_a_check_error(settings):
     messages = check_settings()
     assert [message.id for message in messages] == ["visualsearch.E005"]
     assert "PRODUCT_PRICE" in messages[0].msg
+
+
+def in_stock_only(request):
+    """A PRODUCT_QUERYSET hook: the products the shop shows."""
+    from shop.catalog.models import Product
+
+    return Product.objects.filter(in_stock=True)
+
+
+def test_product_queryset_hides_products_everywhere(client, catalog, settings):
+    settings.VISUALSEARCH = {
+        **settings.VISUALSEARCH,
+        "PRODUCT_QUERYSET": "tests.test_shop_pages.in_stock_only",
+    }
+    hidden = catalog[1]
+    hidden.in_stock = False
+    hidden.save()
+    results = client.get(
+        reverse("visualsearch-api:similar-products", args=[catalog[0].pk]), {"limit": 11}
+    ).json()["results"]
+    assert hidden.pk not in [result["id"] for result in results] and len(results) == 10
+    url = reverse("visualsearch-api:similar-products", args=[hidden.pk])
+    assert client.get(url).status_code == 404
+    html = render_widget(catalog[0], "limit=11")
+    assert hidden.get_absolute_url() not in html and len(cards(html)) == 10

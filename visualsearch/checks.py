@@ -88,11 +88,12 @@ def check_hooks() -> None:
     callable (widgets and API results would fail at request time otherwise)."""
     from visualsearch.conf import visualsearch_settings
 
-    for name in ("PRODUCT_NAME", "PRODUCT_PRICE", "PRODUCT_URL", "PRODUCT_THUMBNAIL"):
+    hooks = ("PRODUCT_NAME", "PRODUCT_PRICE", "PRODUCT_URL", "PRODUCT_THUMBNAIL")
+    for name in (*hooks, "PRODUCT_QUERYSET"):
         hook = getattr(visualsearch_settings, f"{name}_CLASS")
         if hook is not None and not callable(hook):
             raise ImproperlyConfigured(
-                f"VISUALSEARCH[{name!r}] must name a callable (product, request), got {hook!r}."
+                f"VISUALSEARCH[{name!r}] must name a callable, got {hook!r}."
             )
 
 

@@ -72,6 +72,10 @@ DEFAULTS: dict[str, Any] = {
     "PRODUCT_PRICE": None,
     "PRODUCT_URL": None,
     "PRODUCT_THUMBNAIL": None,
+    # Dotted path of a callable ``(request) -> QuerySet`` of the products that may be shown
+    # and looked up (widgets, API, recommendations): hide unpublished ones, prefetch what the
+    # hooks above read (None: the product model's default manager).
+    "PRODUCT_QUERYSET": None,
     # Product fields copied onto the image rows, {image field: product field}: filters on
     # them read the image table alone (visualsearch.copies keeps the copies in step).
     "IMAGE_FILTER_FIELDS": {},
@@ -134,6 +138,7 @@ IMPORT_STRINGS = {
     "PRODUCT_PRICE",
     "PRODUCT_URL",
     "PRODUCT_THUMBNAIL",
+    "PRODUCT_QUERYSET",
 }
 
 

@@ -13,7 +13,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from visualsearch.conf import get_image_model, visualsearch_settings
+from visualsearch.conf import get_image_model, get_product_model, visualsearch_settings
+
+
+def product_queryset(request: Any = None) -> Any:
+    """The products that may be shown and looked up: the ``PRODUCT_QUERYSET`` hook's for
+    ``request``, else the product model's default manager."""
+    hook = visualsearch_settings.PRODUCT_QUERYSET_CLASS
+    if hook is not None:
+        return hook(request)
+    return get_product_model()._default_manager.all()
 
 
 def attach_thumbnails(products: Iterable[Any]) -> list:

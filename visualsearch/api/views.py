@@ -43,8 +43,8 @@ from visualsearch.api.serializers import (
     SearchResultsSerializer,
     TextSearchSerializer,
 )
-from visualsearch.conf import get_product_model, visualsearch_settings
-from visualsearch.display import attach_thumbnails
+from visualsearch.conf import visualsearch_settings
+from visualsearch.display import attach_thumbnails, product_queryset
 from visualsearch.encoders import TextEncodingNotSupported
 from visualsearch.images import InvalidCrop, InvalidImage, open_query_image
 from visualsearch.query import search, search_by_text, similar_products
@@ -70,8 +70,8 @@ class VisualSearchAPIView(APIView):
         return [cls() for cls in _classes("API_THROTTLE_CLASSES")]
 
     def get_queryset(self) -> QuerySet:
-        """Products that may be shown (and looked up); override to hide unpublished ones."""
-        return get_product_model()._default_manager.all()
+        """Products that may be shown (and looked up): ``PRODUCT_QUERYSET``'s."""
+        return product_queryset(getattr(self, "request", None))
 
     def get_product(self, pk: str) -> Any:
         """The product with primary key ``pk`` (from the URL), else a 404."""

@@ -20,6 +20,7 @@ from visualsearch.display import (
     attach_thumbnails,
     product_name,
     product_price,
+    product_queryset,
     product_url,
     thumbnail_url,
 )
@@ -77,7 +78,7 @@ class SimilarProductsNode(template.Node):
         request = context.get("request")
         try:
             if self.target is not None:
-                context[self.target] = _similar(values.get("product"), values, filters)
+                context[self.target] = _similar(values.get("product"), values, filters, request)
                 return ""
             return similar_products(request=request, **values, **filters)
         except Exception:  # a broken widget must not take the product page down
@@ -87,11 +88,12 @@ class SimilarProductsNode(template.Node):
             return ""
 
 
-def _similar(product: Any, values: dict, filters: dict) -> list:
+def _similar(product: Any, values: dict, filters: dict, request: Any) -> list:
     if product is None or getattr(product, "pk", None) is None:
         return []
     limit = int(values.get("limit", 8))
-    return attach_thumbnails(query_similar_products(product, k=limit, **filters))
+    queryset = product_queryset(request)
+    return attach_thumbnails(query_similar_products(product, k=limit, queryset=queryset, **filters))
 
 
 def similar_products(
@@ -125,7 +127,13 @@ def similar_products(
 
 
 def _hooks() -> bool:
-    names = ("PRODUCT_NAME", "PRODUCT_PRICE", "PRODUCT_URL", "PRODUCT_THUMBNAIL")
+    names = (
+        "PRODUCT_NAME",
+        "PRODUCT_PRICE",
+        "PRODUCT_URL",
+        "PRODUCT_THUMBNAIL",
+        "PRODUCT_QUERYSET",
+    )
     return any(getattr(visualsearch_settings, name) for name in names)
 
 
@@ -133,7 +141,9 @@ def _render(
     product: Any, limit: int, template_name: str, title: str, filters: dict, request: Any = None
 ) -> str | None:
     try:
-        products = attach_thumbnails(query_similar_products(product, k=limit, **filters))
+        queryset = product_queryset(request)
+        products = query_similar_products(product, k=limit, queryset=queryset, **filters)
+        products = attach_thumbnails(products)
     except DatabaseError:
         logger.exception("visualsearch: similar products of %r could not be queried", product)
         return None
@@ -166,7 +176,12 @@ def recommended_products(
     """
     session = getattr(request, "session", None)
     try:
-        products = recommend_for_session(session, None if limit is None else int(limit), **filters)
+        products = recommend_for_session(
+            session,
+            None if limit is None else int(limit),
+            queryset=product_queryset(request),
+            **filters,
+        )
         products = attach_thumbnails(products)
     except DatabaseError:
         logger.exception("visualsearch: recommendations could not be queried")
@@ -180,7 +195,7 @@ def recommended_products(
         "limit": limit,
         "personalised": any(item.recommendation == SIMILAR for item in products),
     }
-    return mark_safe(render_to_string(template, context))
+    return mark_safe(render_to_string(template, context, request=request))
 
 
 def _item(product: Any, request: Any = None) -> dict[str, Any]:
