@@ -7,9 +7,10 @@ import pytest
 from django.core.management import call_command
 
 from shop.catalog.models import Category, ProductImage
-from visualsearch.adapt import Projection, is_held_out, precision_at_k, train_projection
 from visualsearch.checks import check_settings
 from visualsearch.encoders import get_encoder
+from visualsearch.encoders.projection import Projection
+from visualsearch.learning.adapt import is_held_out, precision_at_k, train_projection
 from visualsearch.models import EmbeddingStatus
 from visualsearch.query import similar_products
 
@@ -104,7 +105,7 @@ def test_switching_to_the_adapted_encoder_derives_vectors_without_encoding(
     assert len(results) == 3 and product.pk not in [p.pk for p in results]
     # Derived vectors equal what encoding the file through base + projection gives.
     row = ProductImage.objects.get(pk=ProductImage.objects.first().pk)
-    from visualsearch.pipeline import embed_images
+    from visualsearch.ingest.pipeline import embed_images
 
     stored = np.asarray(row.embedding)
     embed_images([row.pk], force=True)

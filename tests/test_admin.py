@@ -15,11 +15,11 @@ from django.urls import reverse
 from shop.catalog.models import ProductImage
 from tests.conftest import make_image_bytes, queued_tasks
 from tests.services import free_port
-from visualsearch import cache
 from visualsearch.encoders import get_encoder
+from visualsearch.ingest.pipeline import embed_images
+from visualsearch.ingest.status import embedding_report, queue_backlog
 from visualsearch.models import EmbeddingStatus
-from visualsearch.pipeline import embed_images
-from visualsearch.status import embedding_report, queue_backlog
+from visualsearch.web import cache
 
 pytestmark = pytest.mark.django_db
 
@@ -210,7 +210,7 @@ def test_search_view_rejects_oversize_files(admin_client, catalog, settings):
     assert len(data) > 500
     response = admin_client.post(reverse("admin:visualsearch_search"), {"image": upload(data)})
     assert response.status_code == 200
-    assert "The file is larger than the 500\xa0bytes limit." in text(response)
+    assert "The file is larger than the 500 bytes limit." in text(response)
 
 
 def test_search_view_requires_a_file(admin_client):
@@ -222,7 +222,7 @@ def test_search_view_requires_a_file(admin_client):
 
 
 def test_overview_counts_by_status_and_model_failures_and_backlog(admin_client, catalog, broker):
-    from visualsearch.tasks import enqueue
+    from visualsearch.ingest.tasks import enqueue
 
     ProductImage.objects.filter(pk=catalog["blue"].images.get().pk).update(
         embedding_model="clip:older-model"

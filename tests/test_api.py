@@ -20,9 +20,9 @@ from shop.catalog.models import Category, Product, ProductImage
 from tests.conftest import make_image_bytes
 from tests.services import free_port
 from visualsearch.encoders.base import BaseEncoder, l2_normalize
-from visualsearch.filters import InvalidFilter, filter_kwargs, get_filters
-from visualsearch.images import fit_for_encoder
-from visualsearch.pipeline import embed_images
+from visualsearch.ingest.images import fit_for_encoder
+from visualsearch.ingest.pipeline import embed_images
+from visualsearch.query.filters import InvalidFilter, filter_kwargs, get_filters
 
 pytestmark = pytest.mark.django_db
 
@@ -579,7 +579,7 @@ def test_schemathesis_finds_no_server_errors(catalog, settings):
             signal.connect(close_old_connections)
 
 
-# --- visualsearch.filters --------------------------------------------------------------
+# --- visualsearch.query.filters --------------------------------------------------------------
 
 
 def test_filter_kwargs_convert_with_the_model_fields(category):

@@ -18,21 +18,16 @@ from django.core.management.base import CommandError
 from shop.catalog.models import Category, Product, ProductImage, ProductText
 from tests.conftest import make_image_bytes
 from tests.encoders import image_only_settings
-from visualsearch.adapt import Projection, is_held_out
-from visualsearch.bridge import (
-    KIND,
-    catalog_pairs,
-    get_bridge,
-    load_bridge,
-    retrieval_at_k,
-    train_bridge,
-)
 from visualsearch.checks import check_settings
 from visualsearch.encoders import get_encoder, get_text_encoder
-from visualsearch.hybrid import reciprocal_rank_fusion, text_ranking
-from visualsearch.pipeline import embed_images
+from visualsearch.encoders.bridge import KIND, get_bridge, load_bridge
+from visualsearch.encoders.projection import Projection
+from visualsearch.ingest.pipeline import embed_images
+from visualsearch.ingest.texts import embed_texts
+from visualsearch.learning.adapt import is_held_out
+from visualsearch.learning.bridge import catalog_pairs, retrieval_at_k, train_bridge
 from visualsearch.query import search_by_text
-from visualsearch.texts import embed_texts
+from visualsearch.query.hybrid import reciprocal_rank_fusion, text_ranking
 
 COLOURS = ["red", "blue", "green", "orange", "purple", "black", "yellow", "brown"]
 SHAPES = {"square": "box", "circle": "ball", "stripes": "scarf"}

@@ -17,8 +17,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 from shop.catalog.models import ProductImage
 from tests.browser import browser_fixture, loaded_images, save_screenshot  # noqa: F401
 from tests.conftest import PALETTE, make_image_bytes
+from visualsearch.ingest.pipeline import embed_images
 from visualsearch.models import EmbeddingStatus
-from visualsearch.pipeline import embed_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("transactional_db")]
 

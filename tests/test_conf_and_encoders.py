@@ -87,7 +87,7 @@ def test_django_start_and_check_do_not_import_torch():
     code = (
         "import sys, django; django.setup();"
         "from django.core.management import call_command; call_command('check');"
-        "import visualsearch.query, visualsearch.tasks, visualsearch.admin;"
+        "import visualsearch.query, visualsearch.ingest.tasks, visualsearch.admin;"
         "heavy = [m for m in ('torch', 'sentence_transformers', 'onnxruntime', 'transformers')"
         " if m in sys.modules]; print('HEAVY', heavy); sys.exit(1 if heavy else 0)"
     )

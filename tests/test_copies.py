@@ -14,10 +14,10 @@ from django.test.utils import CaptureQueriesContext
 from shop.catalog.models import Category, Product, ProductImage
 from tests.knn import is_knn
 from visualsearch.checks import check_settings
-from visualsearch.copies import copied_fields, image_lookups, sync_copies
 from visualsearch.encoders import get_encoder
+from visualsearch.ingest.tasks import sweep_pending
 from visualsearch.query import nearest_products, similar_products
-from visualsearch.tasks import sweep_pending
+from visualsearch.storage.copies import copied_fields, image_lookups, sync_copies
 
 pytestmark = pytest.mark.django_db
 

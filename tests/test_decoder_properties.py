@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, features
 
-from visualsearch.images import (
+from visualsearch.ingest.images import (
     MAX_QUERY_ASPECT,
     MAX_QUERY_SIDE,
     MIN_CROP_SIDE,

@@ -405,7 +405,7 @@ def test_beat_schedule_tasks_are_registered():
     for task_name in task_names:
         assert f'name="{task_name}"' in tasks_source, f"no task registered as {task_name}"
 
-    import visualsearch.tasks  # noqa: F401  (registers the shared tasks)
+    import visualsearch.ingest.tasks  # noqa: F401  (registers the shared tasks)
     from shop.celery import app
 
     assert task_names <= set(app.tasks)

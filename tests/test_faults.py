@@ -35,10 +35,10 @@ from shop.catalog.models import Category, Product, ProductImage
 from tests.conftest import database_url, make_image_bytes
 from tests.services import RedisServer
 from visualsearch.encoders import get_encoder
-from visualsearch.handlers import deferred_embedding
+from visualsearch.ingest.handlers import deferred_embedding
+from visualsearch.ingest.tasks import embed_images_task, enqueue
 from visualsearch.models import EmbeddingStatus
 from visualsearch.query import nearest_products
-from visualsearch.tasks import embed_images_task, enqueue
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
@@ -614,7 +614,7 @@ def test_an_encoder_change_re_embeds_in_the_background_and_queries_never_mix_mod
         "worker",
         {"VISUALSEARCH_TEST_CLIP_MODEL": str(model_dir), "VISUALSEARCH_TEST_BATCH_SIZE": "2"},
     )
-    from visualsearch.tasks import sweep_pending
+    from visualsearch.ingest.tasks import sweep_pending
 
     sweep_pending.apply_async()  # what beat sends every few minutes
 

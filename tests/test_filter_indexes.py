@@ -13,8 +13,8 @@ from django.test.utils import CaptureQueriesContext
 from shop.catalog.models import Category, Product, ProductImage
 from tests.conftest import ready_images
 from tests.knn import is_knn
-from visualsearch import filter_indexes
 from visualsearch.query import nearest_products, similar_products
+from visualsearch.storage import filter_indexes
 
 pytestmark = pytest.mark.django_db
 

@@ -17,7 +17,7 @@ from tests.knn import is_knn
 from visualsearch import query
 from visualsearch.models import filter_scan_index
 from visualsearch.query import nearest_products, similar_products
-from visualsearch.storage import image_storage
+from visualsearch.storage.layout import image_storage
 
 NAME = "productimage_category_scan"
 

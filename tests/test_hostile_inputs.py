@@ -2,7 +2,7 @@
 
 Each case of ``CASES`` goes through six surfaces: the admin upload form (ProductImage add
 page), the shop's search page, the image-search API, the admin's search by image, the
-catalog import and the embedding worker (``visualsearch.pipeline.embed_images``). A usable
+catalog import and the embedding worker (``visualsearch.ingest.pipeline.embed_images``). A usable
 file ends ``ready`` (or 200); anything else is refused with a message that says why (a 400,
 a form error, a skipped import row) or, on the worker path, ends ``failed`` with the reason.
 Never a 500, a partial row, or a row left ``pending``. docs/reliability.md has the table.
@@ -33,9 +33,9 @@ from rest_framework.test import APIClient
 from shop.catalog.models import Product, ProductImage
 from tests.conftest import make_image_bytes
 from visualsearch.encoders import get_encoder
-from visualsearch.images import MAX_QUERY_ASPECT, MAX_QUERY_SIDE, decode_image
+from visualsearch.ingest.images import MAX_QUERY_ASPECT, MAX_QUERY_SIDE, decode_image
+from visualsearch.ingest.pipeline import embed_images
 from visualsearch.models import EmbeddingStatus
-from visualsearch.pipeline import embed_images
 
 pytestmark = pytest.mark.django_db
 
@@ -272,7 +272,7 @@ def test_every_case_file_is_what_it_claims(case):
 
 def test_decoder_outcome(case):
     from visualsearch.conf import visualsearch_settings
-    from visualsearch.images import InvalidImage, read_limited
+    from visualsearch.ingest.images import InvalidImage, read_limited
 
     data = case.build()
     try:

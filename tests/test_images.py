@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import make_image_bytes
-from visualsearch.images import InvalidImage, decode_image, read_limited
+from visualsearch.ingest.images import InvalidImage, decode_image, read_limited
 
 MAX = 40_000_000
 

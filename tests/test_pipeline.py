@@ -7,8 +7,8 @@ from django.db import transaction
 
 from shop.catalog.models import ProductImage
 from tests.conftest import make_image_bytes, queued_tasks
+from visualsearch.ingest.pipeline import embed_images
 from visualsearch.models import EmbeddingStatus
-from visualsearch.pipeline import embed_images
 
 
 @pytest.mark.django_db(transaction=True)
@@ -163,7 +163,7 @@ def test_a_file_replaced_meanwhile_is_not_overwritten(make_product):
     # Another save replaced the file after this task read the row: simulate by renaming
     # the stored name under the task's feet (the task's UPDATE matches on the old name).
     ProductImage.objects.filter(pk=image.pk).update(image="products/other.jpg")
-    from visualsearch.pipeline import _write
+    from visualsearch.ingest.pipeline import _write
 
     assert _write(ProductImage, image.pk, image.image.name, np.ones(32), "x" * 64, "m") is False
     assert ProductImage.objects.get(pk=image.pk).embedding is None
@@ -172,7 +172,7 @@ def test_a_file_replaced_meanwhile_is_not_overwritten(make_product):
 @pytest.mark.django_db
 def test_task_records_a_vector_the_database_refuses_as_failed(make_product, settings, tmp_path):
     from tests.tiny_clip import build_tiny_clip
-    from visualsearch.tasks import embed_images_task
+    from visualsearch.ingest.tasks import embed_images_task
 
     image = make_product().images.get()
     other = build_tiny_clip(tmp_path / "clip16", projection_dim=16, image_size=32)
@@ -202,7 +202,7 @@ def test_rolled_back_savepoint_drops_its_rows_from_the_batch(broker, make_produc
 
 @pytest.mark.django_db(transaction=True)
 def test_deferred_embedding_marks_pending_without_enqueueing(broker, make_product):
-    from visualsearch.handlers import deferred_embedding
+    from visualsearch.ingest.handlers import deferred_embedding
 
     with deferred_embedding():
         product = make_product(images=2)
@@ -216,7 +216,7 @@ def test_deferred_embedding_marks_pending_without_enqueueing(broker, make_produc
 def test_transient_storage_error_is_retried_then_left_pending(make_product, settings, caplog):
     import os
 
-    from visualsearch.tasks import embed_images_task
+    from visualsearch.ingest.tasks import embed_images_task
 
     settings.VISUALSEARCH = {**settings.VISUALSEARCH, "TASK_MAX_RETRIES": 2}
     image = make_product().images.get()
@@ -255,7 +255,7 @@ def test_sweep_re_enqueues_old_pending_and_stale_rows(broker, make_product):
 
     from django.utils import timezone
 
-    from visualsearch.tasks import sweep_pending
+    from visualsearch.ingest.tasks import sweep_pending
 
     old, recent, stale = (make_product().images.get() for _ in range(3))
     ProductImage.objects.filter(pk=old.pk).update(

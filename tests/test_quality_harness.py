@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from shop.catalog.models import Product, ProductImage
 from tests.conftest import BASE_DIR, database_url
 from visualsearch.encoders import get_encoder
-from visualsearch.pipeline import embed_images
+from visualsearch.ingest.pipeline import embed_images
 
 _spec = importlib.util.spec_from_file_location("bench_quality", BASE_DIR / "bench" / "quality.py")
 quality = importlib.util.module_from_spec(_spec)

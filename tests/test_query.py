@@ -10,7 +10,7 @@ from shop.catalog.models import Category, ProductImage
 from tests.conftest import make_image_bytes
 from tests.knn import is_knn
 from visualsearch.encoders import TextEncodingNotSupported
-from visualsearch.pipeline import embed_images
+from visualsearch.ingest.pipeline import embed_images
 from visualsearch.query import (
     nearest_products,
     search_by_image,

@@ -9,12 +9,8 @@ from shop.catalog.models import Category, Product, ProductImage
 from tests.knn import is_knn
 from visualsearch.encoders import get_encoder
 from visualsearch.models import image_hnsw_index
-from visualsearch.query import (
-    estimated_rows,
-    nearest_products,
-    prefers_exact_scan,
-    similar_products,
-)
+from visualsearch.query import nearest_products, similar_products
+from visualsearch.query.knn import estimated_rows, prefers_exact_scan
 
 pytestmark = pytest.mark.django_db
 

@@ -18,9 +18,10 @@ from drf_spectacular.validation import validate_schema
 from rest_framework.test import APIClient
 
 from shop.catalog.models import Category, Product, ProductImage, ProductText
-from visualsearch import diversity, recommend
-from visualsearch.pipeline import embed_images
-from visualsearch.recommend import (
+from visualsearch.ingest.pipeline import embed_images
+from visualsearch.ingest.texts import embed_texts
+from visualsearch.query import diversity, recommend
+from visualsearch.query.recommend import (
     EXPLORE,
     SHOWN_KEY,
     SIMILAR,
@@ -30,7 +31,6 @@ from visualsearch.recommend import (
     record_view,
     viewed_products,
 )
-from visualsearch.texts import embed_texts
 
 pytestmark = pytest.mark.django_db
 

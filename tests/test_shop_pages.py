@@ -14,8 +14,8 @@ from PIL import Image
 from shop.catalog.models import Category, ProductImage
 from tests.conftest import make_image_bytes
 from tests.encoders import image_only_settings
-from visualsearch import cache
-from visualsearch.pipeline import embed_images
+from visualsearch.ingest.pipeline import embed_images
+from visualsearch.web import cache
 
 pytestmark = pytest.mark.django_db(transaction=True)  # cache invalidation runs on commit
 

@@ -13,9 +13,9 @@ from django.test.utils import CaptureQueriesContext
 
 from shop.catalog.models import Category, Product, ProductImage
 from tests.knn import is_knn
-from visualsearch import statements
 from visualsearch.query import nearest_products, similar_products
-from visualsearch.statements import compiled, freeze
+from visualsearch.storage import statements
+from visualsearch.storage.statements import compiled, freeze
 
 pytestmark = pytest.mark.django_db
 

@@ -22,13 +22,13 @@ from tests.conftest import make_image_bytes, queued_tasks
 from tests.encoders import image_only_settings
 from visualsearch.checks import check_connection, check_settings
 from visualsearch.encoders import get_text_encoder
-from visualsearch.handlers import deferred_embedding
-from visualsearch.hybrid import fulltext_ranking, reciprocal_rank_fusion, semantic_ranking
+from visualsearch.ingest.handlers import deferred_embedding
+from visualsearch.ingest.pipeline import embed_images
+from visualsearch.ingest.tasks import sweep_pending
+from visualsearch.ingest.texts import embed_texts
 from visualsearch.models import EmbeddingStatus
-from visualsearch.pipeline import embed_images
 from visualsearch.query import search, search_by_text
-from visualsearch.tasks import sweep_pending
-from visualsearch.texts import embed_texts
+from visualsearch.query.hybrid import fulltext_ranking, reciprocal_rank_fusion, semantic_ranking
 
 pytestmark = pytest.mark.django_db(transaction=True)  # enqueueing happens on commit
 

@@ -11,8 +11,8 @@ from shop.catalog.models import Category, Product, ProductImage
 from tests.knn import is_knn
 from visualsearch.checks import check_storage
 from visualsearch.encoders import get_encoder
-from visualsearch.operations import EmbeddingStorage
 from visualsearch.query import nearest_products, similar_products
+from visualsearch.storage.operations import EmbeddingStorage
 
 pytestmark = pytest.mark.django_db
 

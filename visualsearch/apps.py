@@ -1,4 +1,5 @@
-"""App configuration: registers system checks and the image model's signal handlers."""
+"""App configuration: registers system checks, Celery tasks and the image model's signal
+handlers."""
 
 from django.apps import AppConfig
 from django.core.exceptions import ImproperlyConfigured
@@ -13,14 +14,15 @@ class VisualSearchConfig(AppConfig):
         from django.db.models.signals import post_delete, post_init, post_save, pre_save
 
         from visualsearch import checks  # noqa: F401  (registers the checks)
-        from visualsearch.conf import get_image_model, get_product_model
-        from visualsearch.copies import copy_from_product, copy_to_images
-        from visualsearch.handlers import (
+        from visualsearch.ingest import tasks  # noqa: F401  (registers the Celery tasks)
+        from visualsearch.ingest.handlers import (
             image_saved,
             invalidate_renderings,
             product_saved,
             remember_file,
         )
+        from visualsearch.storage.copies import copy_from_product, copy_to_images
+        from visualsearch.storage.lookup import get_image_model, get_product_model
 
         _register_opclass_wrapper()
         try:

@@ -31,13 +31,13 @@ def _version(text: str) -> tuple[int, ...]:
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
     """E005: image model, product field, FILTERS, copies, encoders and the text bridge
     resolve; W001: a broker is set."""
-    from visualsearch.bridge import check_settings as check_bridge_settings
-    from visualsearch.conf import get_product_model
-    from visualsearch.copies import copied_fields
     from visualsearch.encoders import get_encoder
-    from visualsearch.filters import get_filters
-    from visualsearch.recommend import check_settings as check_recommend_settings
-    from visualsearch.storage import check_image_model, missing_indexes
+    from visualsearch.encoders.bridge import check_settings as check_bridge_settings
+    from visualsearch.query.filters import get_filters
+    from visualsearch.query.recommend import check_settings as check_recommend_settings
+    from visualsearch.storage.copies import copied_fields
+    from visualsearch.storage.layout import check_image_model, missing_indexes
+    from visualsearch.storage.lookup import get_product_model
 
     messages = []
     try:
@@ -116,9 +116,10 @@ def _index_errors(missing: list[str]) -> list:
 
 def check_text_settings() -> None:
     """Raise ``ImproperlyConfigured`` when text search is on but misconfigured."""
-    from visualsearch.conf import get_text_model, visualsearch_settings
+    from visualsearch.conf import visualsearch_settings
     from visualsearch.encoders import get_text_encoder
-    from visualsearch.texts import text_fields
+    from visualsearch.ingest.texts import text_fields
+    from visualsearch.storage.lookup import get_text_model
 
     if get_text_model() is None:
         return
@@ -197,9 +198,9 @@ def check_connection(connection: Any) -> list:
 
 def check_dimensions(connection: Any) -> list:
     """E004: the embedding columns' declared sizes equal their encoders' (image and text)."""
-    from visualsearch.conf import get_text_model
     from visualsearch.encoders import get_encoder, get_text_encoder
-    from visualsearch.storage import image_storage
+    from visualsearch.storage.layout import image_storage
+    from visualsearch.storage.lookup import get_text_model
 
     try:
         pairs = [(image_storage().model, get_encoder)]
@@ -241,8 +242,8 @@ TOAST_VECTOR_BYTES = 1800
 
 def check_storage(connection: Any) -> list:
     """W002: an embedding column large enough for TOAST is stored out of line (``EXTERNAL``)."""
-    from visualsearch.conf import get_text_model
-    from visualsearch.storage import image_storage
+    from visualsearch.storage.layout import image_storage
+    from visualsearch.storage.lookup import get_text_model
 
     try:
         models = [image_storage().model, get_text_model()]
@@ -265,7 +266,8 @@ def check_storage(connection: Any) -> list:
             Warning(
                 f"{table}.embedding keeps its {row[0]}-d vectors out of line (TOAST): every "
                 "row a query reads costs an extra index lookup.",
-                hint=f"Add visualsearch.operations.EmbeddingStorage({model._meta.model_name!r})"
+                hint="Add visualsearch.storage.operations.EmbeddingStorage("
+                f"{model._meta.model_name!r})"
                 " to a migration of your app (then VACUUM FULL the table to move existing "
                 "vectors into the rows).",
                 id="visualsearch.W002",

@@ -18,15 +18,28 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from django.contrib.postgres.indexes import GinIndex, OpClass
+from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVectorField
-from django.core.exceptions import ImproperlyConfigured
 from django.db import models
-from django.db.models.functions import Cast
 from django.utils import timezone
-from pgvector.django import CosineDistance, HalfVectorField, HnswIndex, VectorField
+from pgvector.django import CosineDistance, HnswIndex
 
 from visualsearch.conf import visualsearch_settings
+from visualsearch.storage.fields import EmbeddingField, TextEmbeddingField
+from visualsearch.storage.indexes import filter_scan_index, image_hnsw_index
+
+__all__ = [
+    "EmbeddedImage",
+    "EmbeddedText",
+    "EmbeddingField",
+    "EmbeddingQuerySet",
+    "EmbeddingStatus",
+    "ImageEmbedding",
+    "TextEmbeddingField",
+    "VisualSearch",
+    "filter_scan_index",
+    "image_hnsw_index",
+]
 
 
 class EmbeddingStatus(models.TextChoices):
@@ -36,51 +49,6 @@ class EmbeddingStatus(models.TextChoices):
     READY = "ready", "Ready"
     FAILED = "failed", "Failed"
     STALE = "stale", "Stale (older encoder)"
-
-
-def configured_dimensions() -> int:
-    """Vector length of the configured encoder, known without loading its weights."""
-    from visualsearch.encoders import get_encoder
-
-    return get_encoder().dimensions
-
-
-class EmbeddingField(VectorField):
-    """A pgvector ``vector`` column sized by the configured encoder.
-
-    The size is not written into migrations: a project that switches to an encoder of another
-    size gets system check ``visualsearch.E004`` and resizes the column with
-    ``manage.py visualsearch_reindex --resize``.
-    """
-
-    def __init__(self, *args: Any, dimensions: int | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("null", True)
-        kwargs.setdefault("blank", True)
-        kwargs.setdefault("editable", False)
-        super().__init__(*args, dimensions=dimensions or configured_dimensions(), **kwargs)
-
-    def deconstruct(self) -> tuple[str, str, list[Any], dict[str, Any]]:
-        name, _path, args, kwargs = super().deconstruct()
-        kwargs.pop("dimensions", None)
-        return name, "visualsearch.models.EmbeddingField", args, kwargs
-
-
-def configured_text_dimensions() -> int:
-    """Vector length of the configured text encoder, known without loading its weights."""
-    from visualsearch.encoders import get_text_encoder
-
-    return get_text_encoder().dimensions
-
-
-class TextEmbeddingField(EmbeddingField):
-    """A ``vector`` column sized by the text encoder (``VISUALSEARCH["TEXT_ENCODER"]``)."""
-
-    def __init__(self, *args: Any, dimensions: int | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, dimensions=dimensions or configured_text_dimensions(), **kwargs)
-
-    def deconstruct(self) -> tuple[str, str, list[Any], dict[str, Any]]:
-        name, _path, args, kwargs = super().deconstruct()
-        return name, "visualsearch.models.TextEmbeddingField", args, kwargs
 
 
 class EmbeddingQuerySet(models.QuerySet):
@@ -111,60 +79,6 @@ class EmbeddingQuerySet(models.QuerySet):
             .annotate(count=models.Count("pk"))
             .order_by("embedding_status", "embedding_model")
         )
-
-
-def image_hnsw_index(name: str = "%(class)s_hnsw", condition: Any = None) -> HnswIndex:
-    """The image model's HNSW index: on ``embedding``, or with ``HNSW_HALFVEC`` on
-    ``embedding::halfvec(n)`` (half the size, built faster; ``visualsearch.query`` then orders
-    by the same expression). ``condition`` makes it partial (``visualsearch.filter_indexes``)."""
-    options = {
-        "name": name,
-        "m": visualsearch_settings.HNSW_M,
-        "ef_construction": visualsearch_settings.HNSW_EF_CONSTRUCTION,
-        "condition": condition,
-    }
-    if visualsearch_settings.HNSW_HALFVEC:
-        half = Cast("embedding", HalfVectorField(dimensions=configured_dimensions()))
-        return HnswIndex(OpClass(half, name="halfvec_cosine_ops"), **options)
-    return HnswIndex(fields=["embedding"], opclasses=["vector_cosine_ops"], **options)
-
-
-#: Longest vector a B-tree entry holds: an entry is at most 2,704 bytes (a third of a page),
-#: and a float vector takes 4 bytes a dimension beside the key, product and model id.
-MAX_FILTER_SCAN_DIMENSIONS = 600
-
-
-def filter_scan_index(field: str, name: str | None = None) -> models.Index:
-    """A B-tree on a copied filter ``field`` (``IMAGE_FILTER_FIELDS``) that also holds every
-    image's vector, product, status and model id: the exact scan over one value's images then
-    reads this index alone (an index-only scan), its entries side by side in ``field`` order
-    however the rows lie in the table. No ``CLUSTER`` to keep up.
-
-    At 1M × 512, 5,000 images of 1 category in 200, rows in load order: ``similar_products``
-    4.1 ms (raw SQL 3.4 ms) against 12.4 ms through the plain index on the field
-    (``bench/query_bench.py --covering``). The cost: the index holds a copy of every vector
-    (3.9 GB at 1M × 512, more than the table) and every write of a vector writes it too.
-    Index-only scans skip the table only on pages ``VACUUM`` has marked all-visible: leave
-    autovacuum on. Only for vectors of up to ``MAX_FILTER_SCAN_DIMENSIONS`` (CLIP ViT-B/32's
-    512 fit; 768 and more do not fit a B-tree entry)::
-
-        class Meta(EmbeddedImage.Meta):
-            indexes = [*EmbeddedImage.Meta.indexes, filter_scan_index("category")]
-    """
-    dimensions = configured_dimensions()
-    if dimensions > MAX_FILTER_SCAN_DIMENSIONS:
-        raise ImproperlyConfigured(
-            f"filter_scan_index({field!r}): a B-tree entry holds vectors of up to "
-            f"{MAX_FILTER_SCAN_DIMENSIONS} dimensions, and the encoder's have {dimensions}. "
-            "Leave the index out (the plain index on the field serves the exact scan) or "
-            "CLUSTER the table by it instead."
-        )
-    # Not partial: a prepared statement's generic plan, which gets the status as a parameter,
-    # cannot prove a "WHERE embedding_status = 'ready'" predicate and would pass the index by.
-    include = [visualsearch_settings.PRODUCT_FIELD, "embedding_status", "embedding_model"]
-    return models.Index(
-        fields=[field], include=[*include, "embedding"], name=name or f"%(class)s_{field}_scan"
-    )
 
 
 class EmbeddingRecord(models.Model):

@@ -4,10 +4,10 @@ from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404, render
 
 from visualsearch.encoders import TextEncodingNotSupported
-from visualsearch.forms import ImageSearchForm
-from visualsearch.images import preview_data_url
+from visualsearch.ingest.images import preview_data_url
 from visualsearch.query import search
-from visualsearch.recommend import record_view
+from visualsearch.query.recommend import record_view
+from visualsearch.web.forms import ImageSearchForm
 
 from .models import Category, Product, ProductImage
 

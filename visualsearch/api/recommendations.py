@@ -22,8 +22,8 @@ from visualsearch.api.serializers import (
     SearchResultSerializer,
 )
 from visualsearch.api.views import VisualSearchAPIView
-from visualsearch.display import attach_thumbnails
-from visualsearch.recommend import EXPLORE, SIMILAR, recommend_for_session, record_view
+from visualsearch.query.recommend import EXPLORE, SIMILAR, recommend_for_session, record_view
+from visualsearch.web.display import attach_thumbnails
 
 
 class RecommendationParamsSerializer(SearchParamsSerializer):

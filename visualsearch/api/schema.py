@@ -12,8 +12,8 @@ from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.utils import OpenApiResponse
 
 from visualsearch.api.serializers import NO_NUL, ErrorSerializer
-from visualsearch.conf import get_product_model
-from visualsearch.filters import LIST_LOOKUPS, Filter
+from visualsearch.query.filters import LIST_LOOKUPS, Filter
+from visualsearch.storage.lookup import get_product_model
 
 
 class FilterFieldExtension(OpenApiSerializerFieldExtension):

@@ -14,9 +14,9 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from visualsearch.conf import visualsearch_settings
-from visualsearch.display import product_name, product_price, product_url, thumbnail_url
-from visualsearch.filters import LIST_LOOKUPS, Filter, InvalidFilter, get_filters
-from visualsearch.images import MIN_CROP_SIDE
+from visualsearch.ingest.images import MIN_CROP_SIDE
+from visualsearch.query.filters import LIST_LOOKUPS, Filter, InvalidFilter, get_filters
+from visualsearch.web.display import product_name, product_price, product_url, thumbnail_url
 
 #: Longest accepted text query, in characters (CLIP reads 77 tokens of it anyway).
 MAX_QUERY_LENGTH = 1000
@@ -24,7 +24,7 @@ CROP_FIELDS = ("crop_x", "crop_y", "crop_width", "crop_height")
 
 
 class FilterField(serializers.Field):
-    """A product filter parameter, converted by its :class:`visualsearch.filters.Filter`."""
+    """A product filter parameter, converted by its :class:`visualsearch.query.filters.Filter`."""
 
     def __init__(self, filter: Filter, **kwargs: Any) -> None:
         self.filter = filter
@@ -145,7 +145,7 @@ class ProductIdField(serializers.ReadOnlyField):
 class SearchResultSerializer(serializers.Serializer):
     """A matching product."""
 
-    # Read through visualsearch.display, so any product model works.
+    # Read through visualsearch.web.display, so any product model works.
 
     id = ProductIdField()
     name = serializers.CharField(read_only=True)

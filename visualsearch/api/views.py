@@ -44,10 +44,10 @@ from visualsearch.api.serializers import (
     TextSearchSerializer,
 )
 from visualsearch.conf import visualsearch_settings
-from visualsearch.display import attach_thumbnails, product_queryset
 from visualsearch.encoders import TextEncodingNotSupported
-from visualsearch.images import InvalidCrop, InvalidImage, open_query_image
+from visualsearch.ingest.images import InvalidCrop, InvalidImage, open_query_image
 from visualsearch.query import search, search_by_text, similar_products
+from visualsearch.web.display import attach_thumbnails, product_queryset
 
 #: Query photos are shrunk to this longest side, and long thin ones padded to at most this
 #: aspect ratio, before encoding: the encoders work at a few hundred pixels, and a 40,000 x 1
@@ -204,12 +204,7 @@ class ImageSearchView(VisualSearchAPIView):
     def open_image(self, upload: Any, crop: tuple[int, int, int, int] | None) -> Image.Image:
         """Decode, crop and shrink the upload; ``ValidationError`` saying what is wrong."""
         try:
-            return open_query_image(
-                upload,
-                crop=crop,
-                max_bytes=int(visualsearch_settings.MAX_IMAGE_BYTES),
-                max_pixels=int(visualsearch_settings.MAX_IMAGE_PIXELS),
-            )
+            return open_query_image(upload, crop=crop)
         except InvalidCrop as exc:
             raise exceptions.ValidationError(
                 {api_settings.NON_FIELD_ERRORS_KEY: [str(exc)]}

@@ -10,6 +10,7 @@ from functools import lru_cache
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
 
 from visualsearch.conf import visualsearch_settings
 from visualsearch.encoders.base import BaseEncoder, BaseTextEncoder, TextEncodingNotSupported
@@ -58,3 +59,13 @@ def _build(key: str, base: type) -> Any:
         raise ImproperlyConfigured(
             f"VISUALSEARCH['{key}_OPTIONS'] do not fit {encoder_class.__name__}: {exc}"
         ) from exc
+
+
+def _rebuild(*, setting: str, **kwargs: Any) -> None:
+    """Build the encoders anew when ``settings.VISUALSEARCH`` changes (``override_settings``)."""
+    if setting == "VISUALSEARCH":
+        get_encoder.cache_clear()
+        get_text_encoder.cache_clear()
+
+
+setting_changed.connect(_rebuild, dispatch_uid="visualsearch.encoders.rebuild")

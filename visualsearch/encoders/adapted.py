@@ -25,8 +25,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 from PIL import Image
 
-from visualsearch.adapt import ProjectionFile
 from visualsearch.encoders.base import BaseEncoder
+from visualsearch.encoders.projection import ProjectionFile
 
 
 class AdaptedEncoder(BaseEncoder):

@@ -11,7 +11,7 @@ from django.db import migrations, models
 
 import visualsearch.models
 from visualsearch.models import _image_model_label, image_hnsw_index
-from visualsearch.operations import EmbeddingStorage
+from visualsearch.storage.operations import EmbeddingStorage
 
 
 def _image_app_dependency() -> list[tuple[str, str]]:
@@ -111,6 +111,6 @@ class Migration(migrations.Migration):
                 ],
             },
         ),
-        # Vectors inside the rows, not in TOAST (visualsearch.operations).
+        # Vectors inside the rows, not in TOAST (visualsearch.storage.operations).
         EmbeddingStorage("imageembedding"),
     ]

@@ -14,9 +14,11 @@ from django.template.library import parse_bits
 from django.template.loader import render_to_string
 from django.utils.safestring import mark_safe
 
-from visualsearch import cache
 from visualsearch.conf import visualsearch_settings
-from visualsearch.display import (
+from visualsearch.query import similar_products as query_similar_products
+from visualsearch.query.recommend import SIMILAR, recommend_for_session
+from visualsearch.web import cache
+from visualsearch.web.display import (
     attach_thumbnails,
     product_name,
     product_price,
@@ -24,8 +26,6 @@ from visualsearch.display import (
     product_url,
     thumbnail_url,
 )
-from visualsearch.query import similar_products as query_similar_products
-from visualsearch.recommend import SIMILAR, recommend_for_session
 
 logger = logging.getLogger(__name__)
 register = template.Library()
@@ -168,7 +168,7 @@ def recommended_products(
     """A grid of ``limit`` (``RECOMMEND_SIZE``) products for the shopper of ``request``.
 
     Products near what the shopper viewed in this session, plus exploration picks; random
-    and diverse picks for a shopper with no history (see :mod:`visualsearch.recommend`).
+    and diverse picks for a shopper with no history (see :mod:`visualsearch.query.recommend`).
     Keyword arguments other than ``limit``, ``template`` and ``title`` filter the products.
     Never cached (it depends on the session); the products shown are remembered in the
     session so that the next page shows others. Renders nothing when the database query

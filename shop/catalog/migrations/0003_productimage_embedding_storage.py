@@ -1,6 +1,6 @@
 from django.db import migrations
 
-from visualsearch.operations import EmbeddingStorage
+from visualsearch.storage.operations import EmbeddingStorage
 
 
 class Migration(migrations.Migration):

@@ -18,15 +18,20 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from visualsearch.adapt import epoch_progress, is_held_out, precision_at_k, train_projection
 from visualsearch.conf import visualsearch_settings
 from visualsearch.encoders import get_encoder
 from visualsearch.encoders.adapted import AdaptedEncoder
-from visualsearch.images import InvalidImage, decode_image, read_limited
+from visualsearch.ingest.images import InvalidImage, decode_stored, read_stored
+from visualsearch.ingest.pipeline import mark_stale
+from visualsearch.ingest.tasks import enqueue
+from visualsearch.learning.adapt import (
+    epoch_progress,
+    is_held_out,
+    precision_at_k,
+    train_projection,
+)
 from visualsearch.models import EmbeddingStatus
-from visualsearch.pipeline import mark_stale
-from visualsearch.storage import ImageStorage, image_storage
-from visualsearch.tasks import enqueue
+from visualsearch.storage.layout import ImageStorage, image_storage
 
 
 class Command(BaseCommand):
@@ -133,11 +138,8 @@ class Command(BaseCommand):
                 storage.rows.filter(pk__in=pks[start : start + visualsearch_settings.BATCH_SIZE])
             ):
                 try:
-                    with getattr(storage.image_of(row), field).open("rb") as handle:
-                        data = read_limited(handle, visualsearch_settings.MAX_IMAGE_BYTES)
-                    images.append(
-                        decode_image(data, max_pixels=visualsearch_settings.MAX_IMAGE_PIXELS)
-                    )
+                    data = read_stored(getattr(storage.image_of(row), field))
+                    images.append(decode_stored(data))
                     batch.append(row.pk)
                 except (OSError, ValueError, InvalidImage):
                     continue  # unreadable images simply do not take part in training

@@ -18,10 +18,11 @@ import numpy as np
 from django.core.exceptions import FieldError, ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from visualsearch.adapt import epoch_progress, is_held_out
-from visualsearch.bridge import catalog_pairs, retrieval_at_k, train_bridge
-from visualsearch.conf import get_product_model, visualsearch_settings
+from visualsearch.conf import visualsearch_settings
 from visualsearch.encoders import get_encoder, get_text_encoder
+from visualsearch.learning.adapt import epoch_progress, is_held_out
+from visualsearch.learning.bridge import catalog_pairs, retrieval_at_k, train_bridge
+from visualsearch.storage.lookup import get_product_model
 
 K = 10
 

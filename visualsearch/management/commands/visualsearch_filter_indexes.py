@@ -3,7 +3,7 @@
 For every value of a copied field (``IMAGE_FILTER_FIELDS``) with at least ``--min-rows`` ready
 images, one HNSW index over those images alone (``WHERE category_id = 7``); filtered queries
 on that value then walk it instead of scanning the value's images one by one
-(``visualsearch.filter_indexes``). Run it again when the catalog grows; ``--drop`` removes
+(``visualsearch.storage.filter_indexes``). Run it again when the catalog grows; ``--drop`` removes
 them. ``--concurrently`` builds without blocking writes (and without a transaction).
 """
 
@@ -15,8 +15,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from visualsearch import filter_indexes
-from visualsearch.copies import copied_fields
+from visualsearch.storage import filter_indexes
+from visualsearch.storage.copies import copied_fields
 
 
 class Command(BaseCommand):

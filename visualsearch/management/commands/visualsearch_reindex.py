@@ -21,14 +21,15 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from tqdm import tqdm
 
-from visualsearch.conf import get_text_model, visualsearch_settings
-from visualsearch.copies import sync_copies
+from visualsearch.conf import visualsearch_settings
 from visualsearch.encoders import get_encoder, get_text_encoder
+from visualsearch.ingest.pipeline import embed_images, mark_stale
+from visualsearch.ingest.tasks import enqueue
+from visualsearch.ingest.texts import embed_texts, mark_stale_texts, product_batches, sync_texts
 from visualsearch.models import EmbeddingStatus
-from visualsearch.pipeline import embed_images, mark_stale
-from visualsearch.storage import ImageStorage, image_storage
-from visualsearch.tasks import enqueue
-from visualsearch.texts import embed_texts, mark_stale_texts, product_batches, sync_texts
+from visualsearch.storage.copies import sync_copies
+from visualsearch.storage.layout import ImageStorage, image_storage
+from visualsearch.storage.lookup import get_text_model
 
 
 class Command(BaseCommand):

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from visualsearch.status import embedding_report, queue_backlog, queue_name
+from visualsearch.ingest.status import embedding_report, queue_backlog, queue_name
 
 
 class Command(BaseCommand):

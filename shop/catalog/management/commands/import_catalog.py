@@ -37,8 +37,8 @@ from tqdm import tqdm
 from shop.catalog.downloads import TooLarge, download
 from shop.catalog.models import Category, Product, ProductImage
 from visualsearch.conf import visualsearch_settings
-from visualsearch.handlers import deferred_embedding
-from visualsearch.images import InvalidImage, decode_image
+from visualsearch.ingest.handlers import deferred_embedding
+from visualsearch.ingest.images import InvalidImage, decode_image
 
 ALIASES = {  # field: the CSV columns that may hold it, first found wins
     "external_id": ("id", "external_id"),
