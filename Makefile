@@ -10,7 +10,8 @@ BROWSER_PACKAGES := chromium chromium-driver fonts-liberation
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
-.PHONY: demo test test-oscar test-faults install browsers lint worker clean-db docs
+.PHONY: demo test test-oscar test-faults install browsers lint worker clean-db docs \
+	package-check django-versions lib-django60
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,10 +32,13 @@ browsers:
 		|| { $(SUDO) apt-get update && $(APT_INSTALL) $(BROWSER_PACKAGES); }; \
 	fi
 
-# The docs build and the Oscar adopter first, so that the main suite's summary closes the run.
+# The docs build, the wheel, the Oscar adopter and Django 6.0's library tests first, so that
+# the main suite's summary (Django 5.2, everything) closes the run.
 test: $(VENV)/.installed browsers
 	$(MAKE) docs
+	$(MAKE) package-check
 	$(MAKE) test-oscar
+	$(MAKE) lib-django60
 	$(VENV)/bin/pytest
 
 # The django-oscar adopter (examples/oscar): Oscar's own catalogue models, unmodified, with
@@ -47,9 +51,22 @@ test-oscar: $(VENV)/.installed
 docs: $(VENV)/.installed
 	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
+# The sdist and wheel: build, twine check --strict, the wheel with only the image extra in a
+# fresh venv (manage.py check in a generated project, one photo encoded without torch).
+package-check: $(VENV)/.installed
+	$(VENV)/bin/pytest tests/packaging
+
+# The library tests on Django 6.0 (Python 3.12 from pyenv, no torch: noxfile.py).
+lib-django60: $(VENV)/.installed
+	$(VENV)/bin/nox -s lib-django60
+
+# Both Django legs: 5.2 (Python 3.11, everything) and 6.0 (Python 3.12, no torch).
+django-versions: $(VENV)/.installed
+	$(VENV)/bin/nox --report .nox/report.json
+
 # Fault injection with real processes (Redis stopped, workers killed, Postgres restarted).
 test-faults: $(VENV)/.installed
-	$(VENV)/bin/pytest -m faults tests/test_faults.py
+	$(VENV)/bin/pytest -m faults tests/infra/test_faults.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -17,52 +17,37 @@ import argparse
 import io
 import json
 import os
-import platform
-import socket
-import statistics
 import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-IMAGES = BASE_DIR.parent / "shared" / "data" / "fashion-products" / "images"
-sys.path.insert(0, str(BASE_DIR))
+if str(BASE_DIR) not in sys.path:
+    sys.path.insert(0, str(BASE_DIR))
 
+from bench.common import DATA_DIR  # noqa: E402
+from bench.common.machine import load_average, machine  # noqa: E402
+from bench.common.processes import stop  # noqa: E402
+from bench.common.results import RESULTS_DIR, write_json  # noqa: E402
+from bench.common.server import free_port, multipart, production_env  # noqa: E402
+from bench.common.shop import setup_django  # noqa: E402
+from bench.common.stats import median, percentile, timed  # noqa: E402
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def multipart(data: bytes, name: str) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
+IMAGES = DATA_DIR / "images"
 
 
 def post(url: str, data: bytes, name: str) -> tuple[float, dict]:
+    """Milliseconds and JSON answer of one image search."""
     body, content_type = multipart(data, name)
     request = urllib.request.Request(url, body, {"Content-Type": content_type})
-    started = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=60) as response:
-        payload = json.loads(response.read())
-    return (time.perf_counter() - started) * 1000, payload
 
+    def send() -> dict:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return timed(send)
 
 
 def main() -> None:
@@ -74,17 +59,11 @@ def main() -> None:
     photos = sorted(IMAGES.glob("*.jpg"))[: args.requests]
     if not photos:
         sys.exit(f"No photos under {IMAGES}")
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "shop.settings",
-        "DJANGO_DEBUG": "0",
-        "DJANGO_SECRET_KEY": "bench-only",
-        "DJANGO_SECURE_SSL_REDIRECT": "0",  # plain HTTP on loopback (DEBUG off turns it on)
-        "VISUALSEARCH_API_THROTTLE_RATE": "100000/minute",  # back-to-back runs stay under it
-        "VISUALSEARCH_ENCODER_THREADS": str(args.threads),
-    }
-    os.environ.update({k: env[k] for k in ("DJANGO_SETTINGS_MODULE", "DJANGO_DEBUG")})
-    os.environ["DJANGO_SECRET_KEY"] = env["DJANGO_SECRET_KEY"]
+    # The throttle raised: back-to-back runs stay under it.
+    env = production_env(throttle_rate="100000/minute", threads=args.threads)
+    # The encoder timed in this process runs with the server's settings.
+    for name in ("DJANGO_SETTINGS_MODULE", "DJANGO_DEBUG", "DJANGO_SECRET_KEY"):
+        os.environ[name] = env[name]
     os.environ["VISUALSEARCH_ENCODER_THREADS"] = env["VISUALSEARCH_ENCODER_THREADS"]
     port = free_port()
     command = [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"]
@@ -115,14 +94,11 @@ def main() -> None:
             api_ms.append(elapsed)
             counts.append(payload["count"])
     finally:
-        server.terminate()
-        server.wait(10)
+        stop(server, timeout=10)
 
-    import django
-
-    django.setup()
+    setup_django()
     from visualsearch.encoders import get_encoder
-    from visualsearch.images import open_query_image
+    from visualsearch.ingest.images import open_query_image
 
     encoder = get_encoder()
     decoded = [
@@ -130,41 +106,36 @@ def main() -> None:
         for p in photos
     ]
     encoder.encode_images(decoded[:1])
-    from visualsearch.display import attach_thumbnails
     from visualsearch.query import nearest_products
+    from visualsearch.web.display import attach_thumbnails
 
     encoder_ms, decode_ms, query_ms, thumbnail_ms = [], [], [], []
     for photo, image in zip(photos, decoded, strict=True):
         data = photo.read_bytes()
-        started = time.perf_counter()
-        open_query_image(io.BytesIO(data), max_bytes=2**25, max_pixels=10**8)
-        decode_ms.append((time.perf_counter() - started) * 1000)
-        started = time.perf_counter()
-        vector = encoder.encode_images([image])[0]
-        encoder_ms.append((time.perf_counter() - started) * 1000)
-        started = time.perf_counter()
-        products = nearest_products(vector, 12)
-        query_ms.append((time.perf_counter() - started) * 1000)
-        started = time.perf_counter()
-        attach_thumbnails(products)
-        thumbnail_ms.append((time.perf_counter() - started) * 1000)
+        ms, _ = timed(open_query_image, io.BytesIO(data), max_bytes=2**25, max_pixels=10**8)
+        decode_ms.append(ms)
+        ms, vectors = timed(encoder.encode_images, [image])
+        encoder_ms.append(ms)
+        ms, products = timed(nearest_products, vectors[0], 12)
+        query_ms.append(ms)
+        thumbnail_ms.append(timed(attach_thumbnails, products)[0])
 
     result = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "load_average": os.getloadavg(),
+        "machine": machine(),
+        "load_average": load_average(),
         "encoder": encoder.model_id,
         "args": vars(args),
-        "api_ms": {"p50": statistics.median(api_ms), "p95": percentile(api_ms, 0.95)},
+        "api_ms": {"p50": median(api_ms), "p95": percentile(api_ms, 0.95)},
         "encoder_ms": {
-            "p50": statistics.median(encoder_ms),
+            "p50": median(encoder_ms),
             "p95": percentile(encoder_ms, 0.95),
         },
-        "results_per_request": statistics.median(counts),
+        "results_per_request": median(counts),
         # The same steps in this process, to see where the overhead goes (medians).
         "steps_ms_p50": {
-            "decode": statistics.median(decode_ms),
-            "nearest_products": statistics.median(query_ms),
-            "attach_thumbnails": statistics.median(thumbnail_ms),
+            "decode": median(decode_ms),
+            "nearest_products": median(query_ms),
+            "attach_thumbnails": median(thumbnail_ms),
         },
     }
     result["overhead_ms_p50"] = result["api_ms"]["p50"] - result["encoder_ms"]["p50"]
@@ -176,9 +147,7 @@ def main() -> None:
     print(f"  overhead                                   p50 {result['overhead_ms_p50']:.1f} ms")
     for step, value in result["steps_ms_p50"].items():
         print(f"    of which {step:31s} p50 {value:.1f} ms")
-    out = BASE_DIR / "bench" / "results" / f"api-latency-{args.server}.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out.relative_to(BASE_DIR)}")
+    write_json(RESULTS_DIR / f"api-latency-{args.server}.json", result)
 
 
 if __name__ == "__main__":

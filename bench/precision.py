@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BASE_DIR))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
+if str(BASE_DIR) not in sys.path:
+    sys.path.insert(0, str(BASE_DIR))
+
+from bench.common.results import RESULTS_DIR, write_json  # noqa: E402
+from bench.common.shop import setup_django  # noqa: E402
+from bench.common.stats import median, timed  # noqa: E402
 
 
 def main() -> None:
@@ -31,9 +33,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N products")
     args = parser.parse_args()
 
-    import django
-
-    django.setup()
+    setup_django()
     from tqdm import tqdm
 
     from shop.catalog.models import Product
@@ -53,9 +53,8 @@ def main() -> None:
         chance[product.category_id] = chance.get(product.category_id, 0) + 1
     precisions, latencies = [], []
     for product in tqdm(products, unit="query", file=sys.stderr):
-        started = time.perf_counter()
-        results = similar_products(product, k=args.k)
-        latencies.append((time.perf_counter() - started) * 1000)
+        ms, results = timed(similar_products, product, k=args.k)
+        latencies.append(ms)
         hits = sum(1 for other in results if other.category_id == product.category_id)
         precisions.append(hits / args.k)
     n = len(products)
@@ -67,13 +66,10 @@ def main() -> None:
         f"precision@{args.k}_by_category": round(statistics.fmean(precisions), 4) if n else None,
         "chance": round(expected, 4),
         "categories": len(chance),
-        "latency_ms_p50": round(statistics.median(latencies), 2) if n else None,
+        "latency_ms_p50": round(median(latencies), 2) if n else None,
     }
     print(json.dumps(report, indent=2))
-    out = BASE_DIR / "bench" / "results" / f"precision-{encoder.model_id.split(':')[0]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out.relative_to(BASE_DIR)}")
+    write_json(RESULTS_DIR / f"precision-{encoder.model_id.split(':')[0]}.json", report)
 
 
 if __name__ == "__main__":

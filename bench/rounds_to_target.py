@@ -5,11 +5,11 @@
 
 A target product is drawn at random. Each round the shopper is shown k products (k=10), the
 recommendations plus exploration picks, through the app's own code
-(:func:`visualsearch.recommend.recommend_for_session` with an in-memory session, what the
+(:func:`visualsearch.query.recommend.recommend_for_session` with an in-memory session, what the
 widget and the API call). The simulated shopper clicks the shown product most like the target
 by its LABELS from the catalog CSV — same ``articleType`` first, then ``baseColour``, then
 ``gender``, ties broken at random — never by embeddings; the click is recorded with
-:func:`visualsearch.recommend.record_view`. The count is the number of rounds until the
+:func:`visualsearch.query.recommend.record_view`. The count is the number of rounds until the
 target is among the products shown (``--max-rounds`` caps a search; capped ones count as the
 cap and are reported).
 
@@ -32,11 +32,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import multiprocessing
-import os
-import platform
 import random
 import statistics
 import sys
@@ -46,11 +43,17 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BASE_DIR))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
+if str(BASE_DIR) not in sys.path:
+    sys.path.insert(0, str(BASE_DIR))
 
-CSV = BASE_DIR.parent / "shared" / "data" / "fashion-products" / "products.csv"
-OUT = BASE_DIR / "bench" / "results" / "rounds-to-target.json"
+from bench.common import DATA_DIR  # noqa: E402
+from bench.common.machine import load_average, machine, postgres  # noqa: E402
+from bench.common.results import RESULTS_DIR, shown, write_json  # noqa: E402
+from bench.common.shop import setup_django  # noqa: E402
+from bench.common.stats import median, percentile, timed  # noqa: E402
+
+CSV = DATA_DIR / "products.csv"
+OUT = RESULTS_DIR / "rounds-to-target.json"
 LABELS = ("articleType", "baseColour", "gender")  # the shopper's preference order
 SEED_ROUNDS_AT_459 = 13  # the seed's reported mean
 _labels: dict = {}  # product pk -> labels, in each worker process
@@ -58,13 +61,7 @@ _labels: dict = {}  # product pk -> labels, in each worker process
 
 def setup(overrides: dict, labels: dict | None = None) -> None:
     """Django with the ``VISUALSEARCH`` overrides (in the main process and in each worker)."""
-    import django
-
-    django.setup()
-    from django.conf import settings
-    from django.test import override_settings
-
-    override_settings(VISUALSEARCH={**settings.VISUALSEARCH, **overrides}).enable()
+    setup_django(visualsearch=overrides)
     if labels is not None:
         _labels.update(labels)
 
@@ -81,11 +78,11 @@ def click(shown: list, target_labels: tuple, rng: random.Random):
 
 
 def search(task: tuple) -> tuple[int, list[float]]:
-    """Rounds until the target is shown, and the seconds each recommendation took."""
+    """Rounds until the target is shown, and the milliseconds each recommendation took."""
     from django.contrib.sessions.backends.base import SessionBase
     from django.db import connection
 
-    from visualsearch.recommend import recommend_for_session, record_view
+    from visualsearch.query.recommend import recommend_for_session, record_view
 
     target, candidates, k, share, strategy, max_rounds, seed = task
     rng = random.Random(seed)
@@ -95,13 +92,14 @@ def search(task: tuple) -> tuple[int, list[float]]:
     session = SessionBase()  # no session key: a plain in-memory dict, never saved
     timings = []
     for round_number in range(1, max_rounds + 1):
-        started = time.perf_counter()
-        shown = recommend_for_session(session, k, exploration=share, strategy=strategy, **filters)
-        timings.append(time.perf_counter() - started)
-        if any(product.pk == target for product in shown):
+        ms, offered = timed(
+            recommend_for_session, session, k, exploration=share, strategy=strategy, **filters
+        )
+        timings.append(ms)
+        if any(product.pk == target for product in offered):
             return round_number, timings
-        if shown:
-            record_view(session, click(shown, _labels[target], rng))
+        if offered:
+            record_view(session, click(offered, _labels[target], rng))
     return max_rounds, timings
 
 
@@ -123,8 +121,6 @@ def run(pool, name: str, candidates: list, args, share: float, strategy: str) ->
     for count, spent in tqdm(pool.map(search, tasks), total=len(tasks), desc=label):
         counts.append(count)
         timings.extend(spent)
-    counts.sort()
-    timings.sort()
     return {
         "catalog": name,
         "products": n,
@@ -133,12 +129,12 @@ def run(pool, name: str, candidates: list, args, share: float, strategy: str) ->
         "targets": len(targets),
         "mean": round(statistics.fmean(counts), 2),
         "median": statistics.median(counts),
-        "p90": counts[min(len(counts) - 1, int(0.9 * len(counts)))],
+        "p90": percentile(counts, 0.9),
         "capped": sum(1 for c in counts if c >= max_rounds),
         "max_rounds": max_rounds,
         "random_browsing": round((math.ceil(n / args.k) + 1) / 2, 1),
-        "recommend_ms_p50": round(1000 * timings[len(timings) // 2], 1),
-        "recommend_ms_p95": round(1000 * timings[int(0.95 * (len(timings) - 1))], 1),
+        "recommend_ms_p50": round(percentile(timings, 0.5), 1),
+        "recommend_ms_p95": round(percentile(timings, 0.95), 1),
     }
 
 
@@ -146,7 +142,7 @@ def filter_cost(subset: list, everything: list, repeats: int = 15) -> dict:
     """Median milliseconds of one recommendation (k=10, five products viewed) by filter."""
     from django.contrib.sessions.backends.base import SessionBase
 
-    from visualsearch.recommend import recommend_for_session, record_view
+    from visualsearch.query.recommend import recommend_for_session, record_view
 
     results = {}
     cases = {
@@ -160,27 +156,9 @@ def filter_cost(subset: list, everything: list, repeats: int = 15) -> dict:
             session = SessionBase()
             for pk in random.Random(1).sample(subset, 5):
                 record_view(session, pk)
-            started = time.perf_counter()
-            recommend_for_session(session, 10, **filters)
-            spent.append(1000 * (time.perf_counter() - started))
-        results[name] = round(statistics.median(spent), 1)
+            spent.append(timed(recommend_for_session, session, 10, **filters)[0])
+        results[name] = round(median(spent), 1)
     return results
-
-
-def machine() -> dict:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT version(), extversion FROM pg_extension WHERE extname = 'vector'")
-        postgres, pgvector = cursor.fetchone()
-    return {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "postgres": postgres.split(" on ")[0],
-        "pgvector": pgvector,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def _floats(text: str) -> list[float]:
@@ -229,9 +207,9 @@ def main() -> None:
     }
     setup(overrides)
     from shop.catalog.models import Product
-    from visualsearch.adapt import is_held_out
     from visualsearch.conf import visualsearch_settings
     from visualsearch.encoders import get_encoder
+    from visualsearch.learning.adapt import is_held_out
 
     with args.csv.open(newline="") as handle:
         by_id = {row["id"]: tuple(row[c] for c in LABELS) for row in csv.DictReader(handle)}
@@ -250,7 +228,7 @@ def main() -> None:
     configs += [(share, "random") for share in _floats(args.random_shares)]
 
     report = {
-        "machine": machine(),
+        "machine": {**machine(), **postgres(), "load_average_at_start": load_average()},
         "args": {key: str(value) for key, value in vars(args).items()},
         "settings": {
             key: getattr(visualsearch_settings, key)
@@ -270,7 +248,6 @@ def main() -> None:
         "best_on_subset": None,
         "full_catalog": [],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     print(f"{'catalog':<12}{'N':>6}{'explore':>9}{'share':>6}{'mean':>7}{'median':>7}", end="")
     print(f"{'p90':>5}{'capped':>7}{'random':>8}{'ms p50':>8}")
@@ -294,7 +271,7 @@ def main() -> None:
     _save(report, args.out, started)
     print(f"seed: {SEED_ROUNDS_AT_459} rounds at N=459; target: mean <= 6")
     print(f"one recommendation, ms (median, by filter): {report['recommend_ms_by_filter']}")
-    print(f"wrote {args.out} after {report['seconds']} s")
+    print(f"wrote {shown(args.out)} after {report['seconds']} s")
 
 
 def _show(row: dict) -> dict:
@@ -309,7 +286,7 @@ def _show(row: dict) -> dict:
 
 def _save(report: dict, path: Path, started: float) -> None:
     report["seconds"] = round(time.perf_counter() - started, 1)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(path, report, announce=False)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ count as misses) and query latency for each method:
 
 * ``keyword (old page)``: what the search page did before: every word ``icontains`` the name
   or description, by name;
-* ``full-text``: Postgres full-text search over the GIN index (``visualsearch.hybrid``);
+* ``full-text``: Postgres full-text search over the GIN index (``visualsearch.query.hybrid``);
 * ``semantic``: the text encoder's query vector, nearest product-text vectors (HNSW);
 * ``hybrid RRF``: both fused by reciprocal rank fusion (what ``search(text=…)`` serves).
 
@@ -38,8 +38,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import random
 import sys
 import time
@@ -52,7 +50,14 @@ import numpy as np
 BASE_DIR = Path(__file__).resolve().parent.parent
 if str(BASE_DIR) not in sys.path:
     sys.path.insert(0, str(BASE_DIR))
-CSV = BASE_DIR.parent / "shared" / "data" / "fashion-products" / "products.csv"
+
+from bench.common import DATA_DIR  # noqa: E402
+from bench.common.machine import load_average, machine  # noqa: E402
+from bench.common.results import RESULTS_DIR, write_json  # noqa: E402
+from bench.common.shop import setup_django  # noqa: E402
+from bench.common.stats import interpolated_percentile, timed  # noqa: E402
+
+CSV = DATA_DIR / "products.csv"
 FAMILIES = {
     "colour + type": ("baseColour", "articleType"),
     "gender + type": ("gender", "articleType"),
@@ -94,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rrf-k", type=int, nargs="*", default=[10, 200], help="RRF k values to compare too"
     )
     parser.add_argument("--bridge", type=Path, help="text bridge file to measure too")
-    parser.add_argument("--out", type=Path, default=BASE_DIR / "bench/results/text-search.json")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "text-search.json")
     return parser.parse_args(argv)
 
 
@@ -114,31 +119,24 @@ def build_queries(rows: list[dict], min_relevant: int) -> list[dict]:
     return queries
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
-    import django
-
-    django.setup()
+    setup_django()
     from django.db.models import Q
 
     from shop.catalog.models import Product, ProductText
-    from visualsearch.adapt import is_held_out
-    from visualsearch.bridge import load_bridge
     from visualsearch.conf import visualsearch_settings
     from visualsearch.encoders import get_text_encoder
-    from visualsearch.hybrid import (
+    from visualsearch.encoders.bridge import load_bridge
+    from visualsearch.ingest.texts import embed_texts, product_batches, sync_texts
+    from visualsearch.learning.adapt import is_held_out
+    from visualsearch.query import nearest_products
+    from visualsearch.query.hybrid import (
         fulltext_ranking,
         reciprocal_rank_fusion,
         semantic_ranking,
         text_ranking,
     )
-    from visualsearch.query import nearest_products
-    from visualsearch.texts import embed_texts, product_batches, sync_texts
 
     with args.csv.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -167,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
             rows_reindexed=changed,
             embed_s=round(seconds, 2),
             texts_per_s=round(len(pks) / seconds, 1),
-            load_average=round(os.getloadavg()[0], 2),
+            load_average=load_average()[0],
             date=time.strftime("%Y-%m-%d %H:%M"),
         )
         print(f"Embedded {len(pks)} product texts in {seconds:.1f} s ({len(pks) / seconds:.0f}/s).")
@@ -209,20 +207,19 @@ def main(argv: list[str] | None = None) -> None:
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     latency: dict[str, list[float]] = defaultdict(list)
 
-    def timed(name: str, call: Any, *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        value = call(*args, **kwargs)
-        latency[name].append((time.perf_counter() - started) * 1000)
+    def timed_as(name: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        ms, value = timed(call, *args, **kwargs)
+        latency[name].append(ms)
         return value
 
     for query in queries:
         text = query["text"]
-        # What search(text=…) does (visualsearch.hybrid.text_ranking), one step at a time:
+        # What search(text=…) does (visualsearch.query.hybrid.text_ranking), one step at a time:
         # each ranking fetched once, RRF_CANDIDATES deep; its top k is that method's answer.
-        found = {"keyword (old page)": timed("keyword (old page)", keyword, text, k)}
-        vector = timed("query encoding", encoder.encode_texts, [text])[0]
-        fulltext = timed("full-text", fulltext_ranking, text, candidates)
-        semantic = timed("semantic, database", semantic_ranking, text, candidates, vector=vector)
+        found = {"keyword (old page)": timed_as("keyword (old page)", keyword, text, k)}
+        vector = timed_as("query encoding", encoder.encode_texts, [text])[0]
+        fulltext = timed_as("full-text", fulltext_ranking, text, candidates)
+        semantic = timed_as("semantic, database", semantic_ranking, text, candidates, vector=vector)
         found["full-text"] = fulltext
         found["semantic"] = semantic
         for rrf_k in rrf_ks:
@@ -233,9 +230,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         latency["hybrid RRF"].append(latency["semantic"][-1] + latency["full-text"][-1])
         if bridge is not None:
-            # What search(text=…) adds with TEXT_BRIDGE set (visualsearch.hybrid.hybrid_search).
-            bridged = timed("bridge projection", bridge.apply, vector[None, :])[0]
-            images = timed("bridge, database", image_ranking, bridged, candidates)
+            # What search(text=…) adds with TEXT_BRIDGE set (query.hybrid.hybrid_search).
+            bridged = timed_as("bridge projection", bridge.apply, vector[None, :])[0]
+            images = timed_as("bridge, database", image_ranking, bridged, candidates)
             hybrid = found[f"hybrid RRF k={visualsearch_settings.RRF_K}"]
             fused = reciprocal_rank_fusion([images, hybrid], k=int(visualsearch_settings.RRF_K))
             found["bridge (image)"] = images
@@ -244,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
             latency["bridge (image)"].append(latency["query encoding"][-1] + bridge_ms)
             latency["hybrid + bridge"].append(latency["hybrid RRF"][-1] + bridge_ms)
             for name, gallery in galleries.items():
-                found[name] = timed(name, image_ranking, bridged, k, pk__in=gallery)
+                found[name] = timed_as(name, image_ranking, bridged, k, pk__in=gallery)
         for name, pks in found.items():
             hits = sum(
                 all(
@@ -267,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in methods:
         row = {family: round(float(np.mean(scores[name][family])), 3) for family in families}
         timing = latency[name.split(" k=")[0]]
-        p50, p95 = percentile(timing, 50), percentile(timing, 95)
+        p50, p95 = interpolated_percentile(timing, 0.5), interpolated_percentile(timing, 0.95)
         results[name] = {
             "precision_at_k": row,
             "latency_ms": {"p50": round(p50, 2), "p95": round(p95, 2)},
@@ -282,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("query encoding", "semantic, database", "bridge projection", "bridge, database"):
         if not latency[name]:
             continue
-        p50, p95 = percentile(latency[name], 50), percentile(latency[name], 95)
+        p50 = interpolated_percentile(latency[name], 0.5)
+        p95 = interpolated_percentile(latency[name], 0.95)
         parts[name] = {"p50": round(p50, 2), "p95": round(p95, 2)}
         print(f"  of which {name}: p50 {p50:.1f} ms, p95 {p95:.1f} ms")
 
@@ -307,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
         "rrf_candidates": candidates,
         "methods": results,
         "latency_parts_ms": parts,
-        "load_average": round(os.getloadavg()[0], 2),
+        "load_average": load_average()[0],
         "label_verbatim_in_name": verbatim,
         "bridge": None
         if bridge is None
@@ -321,15 +319,11 @@ def main(argv: list[str] | None = None) -> None:
             **{key: value for key, value in bridge.meta.items() if key != "kind"},
         },
         "timings": timings,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nLabel words verbatim in product names: {verbatim}")
-    print(
-        f"Wrote {args.out.relative_to(BASE_DIR) if args.out.is_relative_to(BASE_DIR) else args.out}"
-    )
+    write_json(args.out, report)
 
 
 if __name__ == "__main__":

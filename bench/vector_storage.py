@@ -14,13 +14,20 @@ query. Writes ``bench/results/vector-storage-<n>.json``; drops the copy with ``-
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from query_bench import BASE_DIR, machine, raw_connection, setup_django
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+if str(BASE_DIR) not in sys.path:
+    sys.path.insert(0, str(BASE_DIR))
+
+from bench.common.machine import machine, memory_gb, postgres  # noqa: E402
+from bench.common.results import RESULTS_DIR, write_json  # noqa: E402
+from bench.common.stats import median, percentile  # noqa: E402
+from bench.query.database import raw_connection, setup_django  # noqa: E402
 
 
 def exact_sql(table: str, distance: str) -> str:
@@ -101,10 +108,10 @@ def main() -> None:
         results.append(
             {
                 "case": name,
-                "p50_ms": round(statistics.median(lat[name]), 2),
-                "p95_ms": round(sorted(lat[name])[int(0.95 * len(lat[name]))], 2),
+                "p50_ms": round(median(lat[name]), 2),
+                "p95_ms": round(percentile(lat[name], 0.95), 2),
                 "ratio_to_external": round(
-                    statistics.median(a / b for a, b in zip(lat[name], base, strict=True)), 2
+                    median(a / b for a, b in zip(lat[name], base, strict=True)), 2
                 ),
                 "same_rows_as_plain": round(float(same), 3),
             }
@@ -112,9 +119,8 @@ def main() -> None:
         print("  " + "  ".join(f"{k}={v}" for k, v in results[-1].items()), flush=True)
     if args.drop:
         conn.execute("DROP TABLE img_toast")
-    output = BASE_DIR / "bench" / "results" / f"vector-storage-{n}.json"
     report = {
-        "machine": machine(),
+        "machine": {**machine(), "memory_gb": memory_gb(), **postgres()},
         "n": n,
         "d": d,
         "queries": args.queries,
@@ -124,8 +130,7 @@ def main() -> None:
         },
         "results": results,
     }
-    Path(output).write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {output}")
+    write_json(RESULTS_DIR / f"vector-storage-{n}.json", report)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,6 @@ measured too). Prints ms per row and writes ``bench/results/write-path.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,9 +18,14 @@ from pathlib import Path
 import numpy as np
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BASE_DIR))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
-os.environ.setdefault("VISUALSEARCH_DB_NAME", "vs_write_bench")
+if str(BASE_DIR) not in sys.path:
+    sys.path.insert(0, str(BASE_DIR))
+
+from bench.common.machine import load_average, machine  # noqa: E402
+from bench.common.results import RESULTS_DIR, write_json  # noqa: E402
+from bench.common.shop import setup_django  # noqa: E402
+from bench.common.stats import median  # noqa: E402
+from bench.common.vectors import orm_text_write  # noqa: E402
 
 
 def main() -> None:
@@ -33,17 +34,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
-    import django
-
-    django.setup()
+    setup_django("vs_write_bench")
     from django.core.management import call_command
     from django.db import transaction
-    from django.utils import timezone
 
     from shop.catalog.models import Category, Product, ProductImage
     from visualsearch.encoders import get_encoder
-    from visualsearch.models import EmbeddingStatus
-    from visualsearch.pipeline import _write
+    from visualsearch.ingest.pipeline import _write
 
     call_command("migrate", verbosity=0)
     dims = get_encoder().dimensions
@@ -61,18 +58,9 @@ def main() -> None:
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
 
     def orm_write(pk, name, vector):
-        now = timezone.now()
-        return ProductImage._base_manager.filter(pk=pk, image=name).update(
-            embedding=vector,
-            embedding_model="bench",
-            embedding_hash="0" * 64,
-            embedding_status=EmbeddingStatus.READY,
-            embedding_error="",
-            embedded_at=now,
-            embedding_updated_at=now,
-        )
+        return orm_text_write(ProductImage, pk, name, vector, "0" * 64, "bench")
 
-    def binary_write(pk, name, vector):
+    def pipeline_write(pk, name, vector):
         return _write(ProductImage, pk, name, vector, "0" * 64, "bench")
 
     def run(write) -> float:
@@ -83,31 +71,25 @@ def main() -> None:
         return (time.perf_counter() - started) * 1000 / len(images)
 
     results: dict[str, list[float]] = {"orm_text": [], "binary": []}
-    run(orm_write), run(binary_write)  # warm both paths (adapters, plans)
+    run(orm_write), run(pipeline_write)  # warm both paths (adapters, plans)
     for _ in range(args.rounds):
         results["orm_text"].append(run(orm_write))
-        results["binary"].append(run(binary_write))
-    summary = {name: statistics.median(values) for name, values in results.items()}
+        results["binary"].append(run(pipeline_write))
+    summary = {name: median(values) for name, values in results.items()}
     print(f"{dims}-d vectors, {args.rows} rows per round, {args.rounds} rounds (median ms/row)")
     for name, value in summary.items():
         print(f"  {name:9s} {value:6.2f} ms/row   {[round(v, 2) for v in results[name]]}")
     print(f"  ratio orm/binary: {summary['orm_text'] / summary['binary']:.2f}x")
-    out = BASE_DIR / "bench" / "results" / "write-path.json"
-    out.write_text(
-        json.dumps(
-            {
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                "load_average": os.getloadavg(),
-                "dimensions": dims,
-                "args": vars(args),
-                "ms_per_row": results,
-                "median_ms_per_row": summary,
-                "ratio_orm_over_binary": summary["orm_text"] / summary["binary"],
-            },
-            indent=2,
-        )
-    )
-    print(f"wrote {out.relative_to(BASE_DIR)}")
+    report = {
+        "machine": machine(),
+        "load_average": load_average(),
+        "dimensions": dims,
+        "args": vars(args),
+        "ms_per_row": results,
+        "median_ms_per_row": summary,
+        "ratio_orm_over_binary": summary["orm_text"] / summary["binary"],
+    }
+    write_json(RESULTS_DIR / "write-path.json", report)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    # HnswIndex, SearchVectorField and GinIndex need it (Django 6.0: postgres.E005).
+    "django.contrib.postgres",
     "visualsearch",
     "shop.catalog",
 ]

@@ -1,4 +1,4 @@
-"""Settings of the worker and beat processes that tests/test_faults.py starts.
+"""Settings of the worker and beat processes that tests/infra/test_faults.py starts.
 
 The suite's settings, with the knobs a fault test turns through the environment (a child
 process cannot receive ``override_settings``):

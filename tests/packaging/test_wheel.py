@@ -5,7 +5,8 @@ in a generated project and encodes a photo without torch. About a minute with pi
 from __future__ import annotations
 
 import pytest
-import wheel_check
+
+from tests.packaging import wheel_check
 
 pytestmark = pytest.mark.packaging
 

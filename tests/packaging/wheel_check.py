@@ -153,6 +153,8 @@ else:
 encoder = get_encoder()
 vectors = encoder.encode_images([image])
 print(json.dumps({
+    "django": django.get_version(),
+    "python": sys.version.split()[0],
     "model_id": encoder.model_id,
     "shape": list(vectors.shape),
     "norm": float(np.linalg.norm(vectors[0])),

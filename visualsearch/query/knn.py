@@ -245,12 +245,11 @@ def _distance(model: type, query: Any, exact: bool = False) -> Any:
     ``embedding::halfvec(n) <=> query::halfvec(n)``, so that the halfvec index serves it.
 
     An ``exact`` scan reads the rows, not the index, and compares the full vectors (exact,
-    and cheaper than converting every row to halfvec: 1M × 512, a filtered scan, 6.8 against
-    11 ms). It ranks by ``1 + (embedding <#> query)``: for unit vectors (what encoders
-    return and the pipeline stores) and a unit ``query`` that is the cosine distance, for one
-    dot product per row where ``<=>`` also computes both lengths (1M × 512, 5,000 rows of one
-    category: 3.85 against 4.40 ms, raw SQL). The expression also hides the ordering from the
-    cosine HNSW index.
+    and cheaper than converting every row to halfvec). It ranks by
+    ``1 + (embedding <#> query)``: for unit vectors (what encoders return and the pipeline
+    stores) and a unit ``query`` that is the cosine distance, for one dot product per row
+    where ``<=>`` also computes both lengths. The expression also hides the ordering from the
+    cosine HNSW index. Measurements: docs/performance.md (Query path).
     """
     if exact:
         return MaxInnerProduct("embedding", query) + Value(1.0)

@@ -1,9 +1,9 @@
 """Product fields copied onto the image rows, so that filtered searches read only their images.
 
 A filtered similarity query (``category=shoes``) otherwise joins the product table and reads
-each matching product's images one by one: at a million images, 1 category in 200 means
-5,000 scattered rows (34 ms on a 2-core machine; through a copy 12.4 ms, 4.5 ms with the
-table clustered by it, 4.1 ms with :func:`visualsearch.models.filter_scan_index`).
+each matching product's images one by one, scattered over the table; through a copy (and
+better still with :func:`visualsearch.models.filter_scan_index`) it reads the image table
+alone (measured in docs/performance.md, Filtered queries).
 With ``IMAGE_FILTER_FIELDS = {"category": "category"}`` the image model carries its own
 ``category`` column, kept equal to its product's, and :mod:`visualsearch.query` answers
 ``category…`` filters from it, through that column's index (a foreign key has one).

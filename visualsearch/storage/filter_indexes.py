@@ -1,13 +1,11 @@
 """Partial HNSW indexes for frequent filter values: one small graph per category.
 
 A filter copied onto the image rows (``IMAGE_FILTER_FIELDS``) answers ``category=shoes`` by an
-exact scan over the category's images: at a million images, 1 category in 200 is 5,000
-distances (``similar_products`` on a 2-core machine: 12.4 ms with the rows in load order,
-4.5 ms on a table ``CLUSTER``ed by the category, 4.1 ms through the covering index of
-:func:`visualsearch.models.filter_scan_index`). A partial HNSW index ``WHERE category_id = 7``
-holds only that category's images, so the query walks a small graph instead (8.0 ms at recall
-0.996, ``FILTER_INDEX_EF_SEARCH`` 200) and stays approximate the way unfiltered queries are:
-at that size the exact scan is faster, and these indexes pay for values with many more rows.
+exact scan over the category's images. A partial HNSW index ``WHERE category_id = 7`` holds
+only that category's images, so the query walks a small graph instead
+(``FILTER_INDEX_EF_SEARCH``) and stays approximate the way unfiltered queries are: for a few
+thousand rows the exact scan is faster, and these indexes pay for values with many more
+rows (docs/performance.md, Filtered queries).
 ``manage.py visualsearch_filter_indexes`` builds one for every value of a copied field with
 at least ``--min-rows`` ready images; :mod:`visualsearch.query` uses it for a filter on that
 value alone, and the exact scan (or the iterative scan) for the rest.

@@ -43,10 +43,9 @@ def filter_scan_index(field: str, name: str | None = None) -> models.Index:
     reads this index alone (an index-only scan), its entries side by side in ``field`` order
     however the rows lie in the table. No ``CLUSTER`` to keep up.
 
-    At 1M × 512, 5,000 images of 1 category in 200, rows in load order: ``similar_products``
-    4.1 ms (raw SQL 3.4 ms) against 12.4 ms through the plain index on the field
-    (``bench/query_bench.py --covering``). The cost: the index holds a copy of every vector
-    (3.9 GB at 1M × 512, more than the table) and every write of a vector writes it too.
+    Measured with ``bench/query_bench.py --covering`` (docs/performance.md). The cost: the
+    index holds a copy of every vector (more than the table) and every write of a vector
+    writes it too.
     Index-only scans skip the table only on pages ``VACUUM`` has marked all-visible: leave
     autovacuum on. Only for vectors of up to ``MAX_FILTER_SCAN_DIMENSIONS`` (CLIP ViT-B/32's
     512 fit; 768 and more do not fit a B-tree entry)::

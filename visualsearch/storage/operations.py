@@ -4,8 +4,8 @@
 ``EXTERNAL`` by default: a row over Postgres' TOAST threshold (about 2 KB, reached by 512-d
 vectors and larger) keeps its vector in the TOAST table, and every row a query reads then
 costs an extra index lookup and two more page reads. The exact scan over the rows a filter
-keeps reads each row's vector, and took 2.4x as long that way at 100k x 512 and 1.7x at 1M
-(``bench/query_bench.py``, ``bench/vector_storage.py``). Add the operation to the migration
+keeps reads each row's vector, and takes about twice as long that way
+(``bench/vector_storage.py``, docs/performance.md). Add the operation to the migration
 that creates the image model::
 
     from visualsearch.storage.operations import EmbeddingStorage

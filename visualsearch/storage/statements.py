@@ -1,12 +1,12 @@
 """Compiled statements reused by shape: the ORM builds a query once, later calls swap values.
 
 Building and compiling the querysets of one similarity query costs about as much Python time
-as Postgres needs to answer it from the HNSW index (1.5 ms of ORM work on a 2-core machine,
-against 2–4 ms for the index scan at 1M rows). The queries of :mod:`visualsearch.query` differ
-from call to call only in a few values (the query vector, the product, the products to
-leave out), so :func:`compiled` builds each shape once with markers standing for those values,
-remembers where the markers land among the SQL parameters, and afterwards only puts the new
-values in their places. What stays fixed (filters, limits, settings) belongs to the key.
+as Postgres needs to answer it from the HNSW index (docs/performance.md). The queries of
+:mod:`visualsearch.query` differ from call to call only in a few values (the query vector,
+the product, the products to leave out), so :func:`compiled` builds each shape once with
+markers standing for those values, remembers where the markers land among the SQL
+parameters, and afterwards only puts the new values in their places. What stays fixed
+(filters, limits, settings) belongs to the key.
 
 A shape whose markers do not all come back among the parameters (a value the ORM transforms,
 such as a non-integer primary key) is never cached: it is compiled on every call, as before.

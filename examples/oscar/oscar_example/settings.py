@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "treebeard",
     "django_tables2",
     # visualsearch glue: begin
+    "django.contrib.postgres",
     "rest_framework",
     "visualsearch",
     # visualsearch glue: end

@@ -427,7 +427,7 @@ class ImageOnlyEncoder(BaseEncoder):
 
 
 def test_text_search_without_text_tower_is_400_saying_why(client, catalog, settings):
-    vary(settings, ENCODER="tests.test_api.ImageOnlyEncoder", ENCODER_OPTIONS={})
+    vary(settings, ENCODER="tests.api.test_api.ImageOnlyEncoder", ENCODER_OPTIONS={})
     response = client.get(TEXT_URL, {"q": "a red square"})
     assert response.status_code == 400, response.content
     detail = response.json()["detail"]

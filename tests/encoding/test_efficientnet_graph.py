@@ -21,7 +21,7 @@ from visualsearch.encoders.base import l2_normalize
 from visualsearch.encoders.efficientnet import EfficientNetLite0Encoder, preprocess
 from visualsearch.encoders.efficientnet_graph import UnsafeCheckpoint, read_state_dict, weights_path
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parents[2]
 PHOTOS = SHARED_DATA / "images"
 
 # Builds the graph and encodes the photos in a process where torch cannot be imported (as

@@ -7,7 +7,7 @@ import sys
 import psycopg
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, connections
 from django.db.backends.postgresql.base import DatabaseWrapper as PostgresWrapper
 from django.db.backends.sqlite3.base import DatabaseWrapper as SqliteWrapper
 
@@ -61,11 +61,15 @@ def test_missing_pgvector_on_system_postgres_15_is_a_clear_error(django_db_block
         },
         alias="system",
     )
+    # Registered under its alias: django.contrib.postgres looks connections up by alias when
+    # one opens (its hstore handler).
+    connections["system"] = wrapper
     try:
         with django_db_blocker.unblock():
             messages = check_connection(wrapper)
     finally:
         wrapper.close()
+        del connections["system"]
     assert ids(messages) == ["visualsearch.E002"]
     assert f"PostgreSQL {version // 10000}" in messages[0].msg
     assert "pgvector" in messages[0].msg and "Install pgvector" in messages[0].hint

@@ -14,9 +14,8 @@ from django.test.utils import CaptureQueriesContext
 from shop.catalog.models import Category, Product, ProductImage
 from tests.conftest import ready_images
 from tests.knn import is_knn
-from visualsearch import query
 from visualsearch.models import filter_scan_index
-from visualsearch.query import nearest_products, similar_products
+from visualsearch.query import knn, nearest_products, similar_products
 from visualsearch.storage.layout import image_storage
 
 NAME = "productimage_category_scan"
@@ -63,7 +62,7 @@ def generic_plan_of_similar(product, category) -> str:
     partial one, ``WHERE embedding_status = 'ready'``, it cannot: the status is a parameter).
     """
     values = {"mean_of": product.pk, "exclude": product.pk, "filter:category": category.pk}
-    sql, params = query._knn_queryset(
+    sql, params = knn._knn_queryset(
         image_storage(), values, limit=20, exact=True, filters={"category": category.pk}
     ).query.sql_with_params()
     numbered = iter(range(1, len(params) + 1))

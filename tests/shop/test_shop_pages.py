@@ -120,7 +120,7 @@ def test_widget_works_when_the_cache_is_down(catalog):
 def test_product_page_shows_the_widget(client, catalog):
     page = client.get(catalog[0].get_absolute_url()).content.decode()
     similar = page.split('data-testid="similar-products"')[1].split("</ul>")[0]
-    assert len(cards(similar)) == 8  # "Recommended for you" follows: tests/test_recommend.py
+    assert len(cards(similar)) == 8  # "Recommended for you" follows: tests/query/test_recommend.py
     assert catalog[0].name in page
 
 
@@ -233,7 +233,7 @@ def test_search_by_description_with_clip(client, catalog):
 
 
 def test_description_without_any_text_search_says_so(client, catalog):
-    # No text tower and text search off (tests/test_text_search.py covers it on).
+    # No text tower and text search off (tests/query/test_text_search.py covers it on).
     with override_settings(VISUALSEARCH=image_only_settings(settings.VISUALSEARCH)):
         response = client.get(reverse("catalog:search"), {"q": "orange"})
         assert response.status_code == 200
@@ -297,8 +297,8 @@ def test_the_tag_never_breaks_the_page(catalog, monkeypatch, caplog):
 def test_product_hooks_get_the_request_and_are_not_cached(catalog, rf, settings):
     settings.VISUALSEARCH = {
         **settings.VISUALSEARCH,
-        "PRODUCT_PRICE": "tests.test_shop_pages.hooked_price",
-        "PRODUCT_NAME": "tests.test_shop_pages.hooked_name",
+        "PRODUCT_PRICE": "tests.shop.test_shop_pages.hooked_price",
+        "PRODUCT_NAME": "tests.shop.test_shop_pages.hooked_name",
     }
     template = Template("{% load visualsearch %}{% similar_products product limit=2 %}")
     first = template.render(Context({"product": catalog[0], "request": rf.get("/?rate=2")}))
@@ -310,7 +310,7 @@ def test_product_hooks_get_the_request_and_are_not_cached(catalog, rf, settings)
 def test_api_results_take_the_price_hook(client, catalog, settings):
     settings.VISUALSEARCH = {
         **settings.VISUALSEARCH,
-        "PRODUCT_PRICE": "tests.test_shop_pages.hooked_price",
+        "PRODUCT_PRICE": "tests.shop.test_shop_pages.hooked_price",
     }
     url = reverse("visualsearch-api:similar-products", args=[catalog[0].pk])
     results = client.get(url, {"rate": "4", "limit": 2}).json()["results"]
@@ -336,7 +336,7 @@ def in_stock_only(request):
 def test_product_queryset_hides_products_everywhere(client, catalog, settings):
     settings.VISUALSEARCH = {
         **settings.VISUALSEARCH,
-        "PRODUCT_QUERYSET": "tests.test_shop_pages.in_stock_only",
+        "PRODUCT_QUERYSET": "tests.shop.test_shop_pages.in_stock_only",
     }
     hidden = catalog[1]
     hidden.in_stock = False

@@ -143,7 +143,7 @@ def test_demo_setup_generates_a_catalog_without_shared_data(monkeypatch, setting
 
     monkeypatch.setattr(demo_setup, "SHARED_CATALOG", tmp_path / "absent" / "products.csv")
     settings.BASE_DIR = tmp_path
-    settings.DEBUG = True  # demo_setup refuses to run with DEBUG off (tests/test_security.py)
+    settings.DEBUG = True  # demo_setup refuses to run with DEBUG off (tests/api/test_security.py)
     out, _ = run("demo_setup")
     assert "generated a small one" in out
     assert Product.objects.count() == 24

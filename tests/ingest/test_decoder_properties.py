@@ -31,7 +31,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 MAX_PIXELS = 64 * 64
 #: Examples per property: 150 keeps the suite fast; raise it for a deeper search, e.g.
-#: VISUALSEARCH_FUZZ_EXAMPLES=5000 pytest tests/test_decoder_properties.py
+#: VISUALSEARCH_FUZZ_EXAMPLES=5000 pytest tests/ingest/test_decoder_properties.py
 FUZZ = settings(
     max_examples=int(os.environ.get("VISUALSEARCH_FUZZ_EXAMPLES", "150")),
     deadline=None,

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = BASE_DIR / "docker-compose.yml"
 DOCKERFILE = BASE_DIR / "Dockerfile"
 SETTINGS_FILE = BASE_DIR / "shop" / "settings.py"
@@ -401,7 +401,7 @@ def test_beat_schedule_tasks_are_registered():
     schedule = ast.literal_eval(settings_assignment("CELERY_BEAT_SCHEDULE"))
     task_names = {entry["task"] for entry in schedule.values()}
     assert "visualsearch.sweep_pending" in task_names
-    tasks_source = (BASE_DIR / "visualsearch" / "tasks.py").read_text()
+    tasks_source = (BASE_DIR / "visualsearch" / "ingest" / "tasks.py").read_text()
     for task_name in task_names:
         assert f'name="{task_name}"' in tasks_source, f"no task registered as {task_name}"
 

@@ -42,7 +42,7 @@ from visualsearch.query import nearest_products
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parents[2]
 READY = EmbeddingStatus.READY
 #: Generous: two cores shared with other test runs and benchmarks.
 START_TIMEOUT = 240
@@ -520,7 +520,7 @@ def test_a_postgres_restart_while_the_worker_embeds_is_retried(celery, broker):
             run_django(
                 "from django.core.management import call_command\n"
                 "call_command('migrate', verbosity=0)\n"
-                "import json; from tests.test_faults import create_rows\n"
+                "import json; from tests.infra.test_faults import create_rows\n"
                 "print(json.dumps(create_rows(distinct=150, copies=10, seed=2)))",
                 url,
             ).splitlines()[-1]

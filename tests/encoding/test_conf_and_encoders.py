@@ -17,7 +17,7 @@ from visualsearch.encoders import TextEncodingNotSupported, get_encoder
 from visualsearch.encoders.clip import CLIPEncoder
 from visualsearch.encoders.efficientnet import EfficientNetLite0Encoder
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parents[2]
 
 
 def test_override_settings_takes_effect(settings):

@@ -194,7 +194,7 @@ def test_the_setting_comes_from_the_environment():
             capture_output=True,
             text=True,
             timeout=60,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=Path(__file__).resolve().parents[2],
         )
         assert result.stdout.strip() == expected, result.stderr
 

@@ -26,7 +26,7 @@ from django.urls import reverse
 
 from shop.catalog.models import ProductImage
 from tests.conftest import BASE_DIR, make_image_bytes, queued_tasks
-from tests.test_docker_compose import environment, interpolate
+from tests.infra.test_docker_compose import environment, interpolate
 from visualsearch.ingest.pipeline import embed_images
 from visualsearch.models import EmbeddingStatus
 

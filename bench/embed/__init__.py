@@ -1,0 +1,1 @@
+"""The parts of ``bench/embed_bench.py``: decode, encoders alone, the real worker, the report."""

@@ -1,0 +1,1 @@
+"""The parts of ``bench/load_test.py``: the traffic, the servers, the printed summary."""

@@ -1,0 +1,1 @@
+"""The parts of ``bench/query_bench.py``: synthetic data, loading, indexes, query paths."""

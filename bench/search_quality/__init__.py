@@ -1,0 +1,1 @@
+"""The parts of ``bench/quality.py``: the labels, the metrics, the printed table."""
