@@ -147,3 +147,12 @@ def test_no_bench_file_over_400_lines():
         if (count := len(path.read_text().splitlines())) > MAX_BENCH_FILE_LINES
     ]
     assert long == []
+
+
+def test_the_public_api_is_importable_from_the_package():
+    import visualsearch
+    from visualsearch.query import similar_products
+
+    assert visualsearch.similar_products is similar_products
+    for name in visualsearch.__all__:
+        assert getattr(visualsearch, name) is not None
