@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import os
-import subprocess
-import sys
-import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,6 +16,7 @@ from django.db import connection
 from PIL import Image, ImageDraw
 
 from shop.catalog.models import Category, Product, ProductImage
+from tests import services
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 SHARED_DATA = BASE_DIR.parent / "shared" / "data" / "fashion-products"
@@ -132,56 +129,18 @@ def queued_tasks(client: redis.Redis, queue: str = "celery") -> list[dict]:
 
 def database_url() -> str:
     """URL of the database the tests use right now (the test database)."""
-    db = connection.settings_dict
-    host = db["HOST"]
-    if host.startswith("/"):
-        return f"postgresql://{db['USER']}:{db['PASSWORD']}@/{db['NAME']}?host={host}"
-    return f"postgresql://{db['USER']}:{db['PASSWORD']}@{host}:{db['PORT']}/{db['NAME']}"
+    return services.database_url(connection.settings_dict)
 
 
 @pytest.fixture
 def celery_worker_process(transactional_db, broker, tmp_path):
     """A real ``celery worker`` process on the session's Redis and the test database."""
-    log = tmp_path / "worker.log"
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": database_url(),
-        "PYTHONUNBUFFERED": "1",
-    }
-    with open(log, "w") as handle:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "shop",
-                "worker",
-                "--loglevel=info",
-                "--concurrency=1",
-                "--without-heartbeat",
-                "--without-gossip",
-                "--without-mingle",
-                "-n",
-                f"test-{os.getpid()}@%h",
-            ],
-            cwd=BASE_DIR,
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 60
-    # Ready to consume, and its pool process has loaded the encoder (worker_process_init).
-    while not ("ready." in (text := log.read_text()) and "loaded" in text):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"celery worker did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    process.log = log
-    yield process
-    process.terminate()
     try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        process = services.start_worker(
+            "shop", "tests.settings", database_url(), tmp_path / "worker.log",
+            cwd=BASE_DIR, name="test", timeout=60,
+        )  # fmt: skip
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield process
+    services.stop_worker(process)

@@ -116,3 +116,55 @@ def session_media_root() -> Path:
         atexit.register(shutil.rmtree, path, True)
         os.environ["VISUALSEARCH_TEST_MEDIA_ROOT"] = path
     return Path(path)
+
+
+def database_url(settings_dict: dict) -> str:
+    """A ``postgresql://`` URL for a ``DATABASES`` entry (the test database, for a worker)."""
+    db = settings_dict
+    host = db["HOST"]
+    if host.startswith("/"):
+        return f"postgresql://{db['USER']}:{db['PASSWORD']}@/{db['NAME']}?host={host}"
+    return f"postgresql://{db['USER']}:{db['PASSWORD']}@{host}:{db['PORT']}/{db['NAME']}"
+
+
+def start_worker(
+    app: str, settings_module: str, db_url: str, log: Path, *, cwd: Path, name: str, timeout: float
+) -> subprocess.Popen:
+    """A real ``celery -A app worker`` process (one pool process) on the database ``db_url``,
+    returned once it consumes and its pool process has loaded the encoder; ``log`` gets its
+    output. Raises ``RuntimeError`` with the log's tail when it does not start in ``timeout``."""
+    import sys
+
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": settings_module,
+        "DATABASE_URL": db_url,
+        "PYTHONUNBUFFERED": "1",
+    }
+    command = [sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel=info"]
+    command += ["--concurrency=1", "--without-heartbeat", "--without-gossip", "--without-mingle"]
+    with open(log, "w") as handle:
+        process = subprocess.Popen(
+            [*command, "-n", f"{name}-{os.getpid()}@%h"],
+            cwd=cwd,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + timeout
+    while not ("ready." in (text := log.read_text()) and "loaded" in text):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"celery worker did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    process.log = log
+    return process
+
+
+def stop_worker(process: subprocess.Popen) -> None:
+    """Terminate a worker from :func:`start_worker` (killed after 20 s)."""
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()

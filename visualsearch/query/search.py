@@ -15,19 +15,10 @@ import numpy as np
 from PIL import Image
 
 from visualsearch.conf import visualsearch_settings
-from visualsearch.encoders import TextEncodingNotSupported, get_encoder
+from visualsearch.encoders import get_encoder
 from visualsearch.encoders.base import l2_normalize
 from visualsearch.ingest.images import open_query_image
 from visualsearch.query.knn import nearest, nearest_products
-
-__all__ = [
-    "TextEncodingNotSupported",
-    "nearest_products",
-    "search",
-    "search_by_image",
-    "search_by_text",
-    "similar_products",
-]
 
 
 def similar_products(product: Any, k: int = 8, *, queryset: Any = None, **filters: Any) -> list:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -18,6 +16,8 @@ from django.conf import settings
 from django.core.files import File
 from django.core.management import call_command
 from django.db import connection
+
+from tests import services  # the repository root is on sys.path (oscar_example.testsettings)
 
 EXAMPLE_DIR = Path(__file__).resolve().parent.parent
 PHOTOS = Path(
@@ -135,11 +135,7 @@ def _empty_cache() -> None:
 
 def database_url() -> str:
     """URL of the database the tests use right now (the test database)."""
-    db = connection.settings_dict
-    host = db["HOST"]
-    if host.startswith("/"):
-        return f"postgresql://{db['USER']}:{db['PASSWORD']}@/{db['NAME']}?host={host}"
-    return f"postgresql://{db['USER']}:{db['PASSWORD']}@{host}:{db['PORT']}/{db['NAME']}"
+    return services.database_url(connection.settings_dict)
 
 
 @pytest.fixture(scope="session")
@@ -147,48 +143,15 @@ def celery_worker_process(django_db_setup, tmp_path_factory):
     """A real ``celery -A oscar_example worker`` process on the session's Redis and the test
     database, started once for the session (tests that use it need ``transactional_db``)."""
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "oscar_example.testsettings",
-        "DATABASE_URL": database_url(),
-        "PYTHONUNBUFFERED": "1",
-    }
-    with open(log, "w") as handle:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "oscar_example",
-                "worker",
-                "--loglevel=info",
-                "--concurrency=1",
-                "--without-heartbeat",
-                "--without-gossip",
-                "--without-mingle",
-                "-n",
-                f"oscar-example-{os.getpid()}@%h",
-            ],
-            cwd=EXAMPLE_DIR,
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 90
-    # Ready to consume, and its pool process has loaded the encoder (WARM_UP_WORKERS).
-    while not ("ready." in (text := log.read_text()) and "loaded" in text):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"celery worker did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    process.log = log
-    yield process
-    process.terminate()
     try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        process = services.start_worker(
+            "oscar_example", "oscar_example.testsettings", database_url(), log,
+            cwd=EXAMPLE_DIR, name="oscar-example", timeout=90,
+        )  # fmt: skip
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield process
+    services.stop_worker(process)
 
 
 @pytest.fixture
