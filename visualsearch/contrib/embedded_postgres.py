@@ -40,22 +40,32 @@ def embedded_database_url(pgdata: Path, database: str) -> str:
     return server.get_uri(database)
 
 
-def embedded_database(pgdata: Path | str, database: str, **options: object) -> dict:
-    """A ``DATABASES`` entry for ``database`` on the embedded server in ``pgdata`` (started
-    when it is not running). ``options`` go to the entry's ``OPTIONS``."""
-    from urllib.parse import parse_qs, urlparse
+def database_from_url(url: str) -> dict:
+    """``postgres://user:pass@host:port/name?host=/socket/dir`` as a ``DATABASES`` entry (the
+    query's other keys go to ``OPTIONS``); ``ValueError`` for another scheme."""
+    from urllib.parse import parse_qs, unquote, urlparse
 
-    parts = urlparse(embedded_database_url(Path(pgdata).resolve(), database))
+    parts = urlparse(url)
+    if parts.scheme not in {"postgres", "postgresql", "pgsql"}:
+        raise ValueError(f"DATABASE_URL must be a postgres:// URL, got scheme {parts.scheme!r}")
     query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
     return {
         "ENGINE": "django.db.backends.postgresql",
-        "NAME": database,
-        "USER": parts.username or "",
-        "PASSWORD": parts.password or "",
+        "NAME": unquote(parts.path.lstrip("/")),
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
         "HOST": query.pop("host", parts.hostname or ""),
         "PORT": str(parts.port or ""),
-        "OPTIONS": {**query, **options},
+        "OPTIONS": query,
     }
+
+
+def embedded_database(pgdata: Path | str, database: str, **options: object) -> dict:
+    """A ``DATABASES`` entry for ``database`` on the embedded server in ``pgdata`` (started
+    when it is not running). ``options`` go to the entry's ``OPTIONS``."""
+    entry = database_from_url(embedded_database_url(Path(pgdata).resolve(), database))
+    entry["OPTIONS"] = {**entry["OPTIONS"], **options}
+    return entry
 
 
 def stop_embedded_server(pgdata: Path) -> None:

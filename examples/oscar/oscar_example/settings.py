@@ -9,9 +9,10 @@ and ``MEDIA_ROOT``.
 
 import os
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlparse
 
 from oscar.defaults import *  # noqa: F403  (Oscar's documented starting point)
+
+from visualsearch.contrib.embedded_postgres import database_from_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 REPO_DIR = BASE_DIR.parent.parent
@@ -121,21 +122,6 @@ HAYSTACK_CONNECTIONS = {"default": {"ENGINE": "haystack.backends.simple_backend.
 # original image files (oscar_example.thumbnails.OriginalImage).
 OSCAR_THUMBNAILER = "oscar_example.thumbnails.OriginalImage"
 OSCAR_THUMBNAIL_DEBUG = False
-
-
-def database_from_url(url: str) -> dict:
-    """``postgresql://user:pass@host:port/name?host=/socket/dir`` as a DATABASES entry."""
-    parts = urlparse(url)
-    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": unquote(parts.path.lstrip("/")),
-        "USER": unquote(parts.username or ""),
-        "PASSWORD": unquote(parts.password or ""),
-        "HOST": query.pop("host", parts.hostname or ""),
-        "PORT": str(parts.port or ""),
-        "OPTIONS": query,
-    }
 
 
 if os.environ.get("DATABASE_URL"):
