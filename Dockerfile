@@ -35,7 +35,7 @@ RUN pip install ".[drf,clip,shop]" gunicorn==27.0.1 \
 # the app user; only uploads and model caches are writable (named volumes are created from
 # these directories, ownership included).
 COPY . .
-RUN DATABASE_URL=postgres://build@localhost/build python manage.py collectstatic --noinput \
+RUN DJANGO_DEBUG=1 DATABASE_URL=postgres://build@localhost/build python manage.py collectstatic --noinput \
     && mkdir -p /app/media /cache/huggingface /cache/visualsearch \
     && chown -R app:app /app/media /cache
 

@@ -76,7 +76,7 @@ demo: $(VENV)/.installed
 	bash shop/demo.sh $(HOST) $(PORT)
 
 worker: $(VENV)/.installed
-	$(VENV)/bin/celery -A shop worker --loglevel=info --concurrency=1
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(VENV)/bin/celery -A shop worker --loglevel=info --concurrency=1
 
 clean-db:
 	rm -rf .pgdata

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 HOST=${1:-127.0.0.1}
 PORT=${2:-8000}
 PY=.venv/bin/python
+# The development settings (shop/settings.py runs with DEBUG off unless asked).
+export DJANGO_DEBUG="${DJANGO_DEBUG:-1}"
 BROKER=${CELERY_BROKER_URL:-${REDIS_URL:-redis://127.0.0.1:6379/0}}
 
 if ! $PY -c "import redis, sys; redis.Redis.from_url(sys.argv[1], socket_timeout=2).ping()" "$BROKER" 2>/dev/null; then

@@ -3,10 +3,12 @@
 Everything that differs between a laptop and production comes from the environment:
 ``DATABASE_URL`` (otherwise an embedded Postgres + pgvector under ``.pgdata/``, database
 ``VISUALSEARCH_DB_NAME`` or ``visualsearch``),
-``CELERY_BROKER_URL`` / ``REDIS_URL``, ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``,
-``DJANGO_ALLOWED_HOSTS``, the HTTPS settings ``DJANGO_SECURE_SSL_REDIRECT``,
-``DJANGO_SESSION_COOKIE_SECURE``, ``DJANGO_CSRF_COOKIE_SECURE``, ``DJANGO_SECURE_HSTS_*`` and
-``DJANGO_SECURE_PROXY_SSL_HEADER`` (on by default when DEBUG is off),
+``CELERY_BROKER_URL`` / ``REDIS_URL``, ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG`` (off unless
+set to 1), ``DJANGO_ALLOWED_HOSTS`` (none by default with DEBUG off), ``DJANGO_NUM_PROXIES``
+(proxies in front that write ``X-Forwarded-For``), the HTTPS settings
+``DJANGO_SECURE_SSL_REDIRECT``, ``DJANGO_SESSION_COOKIE_SECURE``, ``DJANGO_CSRF_COOKIE_SECURE``,
+``DJANGO_SECURE_HSTS_*`` and ``DJANGO_SECURE_PROXY_SSL_HEADER`` (on by default when DEBUG is
+off),
 ``IMPORT_ALLOW_PRIVATE_URLS``, ``MEDIA_ROOT`` and the encoder choice ``VISUALSEARCH_ENCODER``
 (``efficientnet`` — the default, offline, real ImageNet weights —, ``adapted`` — the same
 with the catalog projection at ``VISUALSEARCH_PROJECTION`` — or ``clip``) with
@@ -40,13 +42,16 @@ def database_from_url(url: str) -> dict:
     }
 
 
-DEBUG = _env_bool("DJANGO_DEBUG", True)
+# DEBUG only when asked for (DJANGO_DEBUG=1: `make demo`, the tests); otherwise the key comes
+# from the environment and only the hosts named there are served.
+DEBUG = _env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
         raise RuntimeError("Set DJANGO_SECRET_KEY when DJANGO_DEBUG is off.")
     SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"
-ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
+_hosts = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver" if DEBUG else "")
+ALLOWED_HOSTS = [host.strip() for host in _hosts.split(",") if host.strip()]
 
 # HTTPS: with DEBUG off all of these are on (what `manage.py check --deploy` asks for); each
 # can be set from the environment (DJANGO_ + the setting's name), as docker-compose's
@@ -62,6 +67,19 @@ SECURE_HSTS_PRELOAD = _env_bool("DJANGO_SECURE_HSTS_PRELOAD", not DEBUG)
 if os.environ.get("DJANGO_SECURE_PROXY_SSL_HEADER"):
     _proxy_header = os.environ["DJANGO_SECURE_PROXY_SSL_HEADER"].upper().replace("-", "_")
     SECURE_PROXY_SSL_HEADER = (f"HTTP_{_proxy_header}", "https")
+# An HTTPS setting turned off from the environment on purpose (docker-compose's plain-http
+# stack, a proxy that redirects itself) is a decision: `check --deploy` does not repeat it.
+_HTTPS_CHECKS = {
+    "DJANGO_SECURE_SSL_REDIRECT": "security.W008",
+    "DJANGO_SESSION_COOKIE_SECURE": "security.W012",
+    "DJANGO_CSRF_COOKIE_SECURE": "security.W016",
+    "DJANGO_SECURE_HSTS_SECONDS": "security.W004",
+}
+SILENCED_SYSTEM_CHECKS = [
+    check
+    for name, check in _HTTPS_CHECKS.items()
+    if os.environ.get(name, "").strip().lower() in {"0", "false", "no", "off"}
+]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -174,6 +192,10 @@ CACHES = {
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+# Behind N proxies that append the client's address to X-Forwarded-For, DJANGO_NUM_PROXIES=N
+# makes the search throttle count that address; otherwise it counts REMOTE_ADDR.
+if os.environ.get("DJANGO_NUM_PROXIES"):
+    REST_FRAMEWORK["NUM_PROXIES"] = int(os.environ["DJANGO_NUM_PROXIES"])
 SPECTACULAR_SETTINGS = {
     "TITLE": "visualsearch demo shop API",
     "DESCRIPTION": "Similar products, search by photo and search by description.",

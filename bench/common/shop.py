@@ -17,6 +17,7 @@ def use_shop_settings(database: str | None = None) -> None:
     """Default ``DJANGO_SETTINGS_MODULE`` to the demo shop's and the database name to
     ``database`` (when given), before Django reads its settings."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
+    os.environ.setdefault("DJANGO_DEBUG", "1")  # shop.settings is off unless asked
     if database:
         os.environ.setdefault("VISUALSEARCH_DB_NAME", database)
 

@@ -24,6 +24,7 @@ from visualsearch.api.serializers import (
 from visualsearch.api.views import VisualSearchAPIView
 from visualsearch.query.recommend import EXPLORE, SIMILAR, recommend_for_session, record_view
 from visualsearch.web.display import attach_thumbnails
+from visualsearch.web.guards import session_started
 
 
 class RecommendationParamsSerializer(SearchParamsSerializer):
@@ -95,9 +96,11 @@ class RecommendationsView(VisualSearchAPIView):
     )
     def get(self, request: Request) -> Response:
         params = self.validated(RecommendationParamsSerializer, request.query_params)
+        session = _session(request, required=False)
         products = recommend_for_session(
-            _session(request, required=False),
+            session,
             params["limit"],
+            remember=session_started(session),  # a client without cookies starts no session
             queryset=self.get_queryset(),
             **params["filters"],
         )

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
+from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
 from visualsearch.conf import visualsearch_settings
@@ -18,9 +19,12 @@ class SearchRateThrottle(SimpleRateThrottle):
     """One budget for all visualsearch endpoints, counted in the ``CACHE_ALIAS`` cache.
 
     The rate is ``VISUALSEARCH["API_THROTTLE_RATE"]`` in DRF's ``"N/period"`` form (``None``
-    turns throttling off). Signed-in users are counted by id, others by address (DRF's
-    ``get_ident``, which honours ``NUM_PROXIES``). When the cache cannot be reached the request
-    is let through and a warning logged: a throttle must not take search down with Redis.
+    turns throttling off). Signed-in users are counted by id, others by address: the
+    connection's ``REMOTE_ADDR``, never a header the client writes itself. Behind proxies set
+    DRF's ``REST_FRAMEWORK["NUM_PROXIES"]`` to their number: the address is then the one the
+    outermost proxy saw, read from ``X-Forwarded-For``. When the cache cannot be reached the
+    request is let through and a warning logged: a throttle must not take search down with
+    Redis. The search page of the host shares the budget (:mod:`visualsearch.web.guards`).
     """
 
     scope = "visualsearch"
@@ -48,6 +52,13 @@ class SearchRateThrottle(SimpleRateThrottle):
         else:
             ident = self.get_ident(request)
         return self.cache_format % {"scope": self.scope, "ident": ident}
+
+    def get_ident(self, request: Any) -> str:
+        """``REMOTE_ADDR``; DRF's own rule (``X-Forwarded-For``) only once ``NUM_PROXIES`` says
+        how many proxies wrote it, as DRF without it trusts any client's header."""
+        if api_settings.NUM_PROXIES is None:
+            return request.META.get("REMOTE_ADDR") or ""
+        return super().get_ident(request)
 
     def allow_request(self, request: Any, view: Any) -> bool:
         try:

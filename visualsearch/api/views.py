@@ -17,7 +17,6 @@ from django.core.exceptions import (
     TooManyFilesSent,
     ValidationError,
 )
-from django.core.files.uploadhandler import FileUploadHandler, SkipFile
 from django.db.models import QuerySet
 from django.template.defaultfilters import filesizeformat
 from django.utils.module_loading import import_string
@@ -48,6 +47,7 @@ from visualsearch.encoders import TextEncodingNotSupported
 from visualsearch.ingest.images import InvalidCrop, InvalidImage, open_query_image
 from visualsearch.query import search, search_by_text, similar_products
 from visualsearch.web.display import attach_thumbnails, product_queryset
+from visualsearch.web.guards import UploadLimit
 
 #: Query photos are shrunk to this longest side, and long thin ones padded to at most this
 #: aspect ratio, before encoding: the encoders work at a few hundred pixels, and a 40,000 x 1
@@ -164,7 +164,7 @@ class ImageSearchView(VisualSearchAPIView):
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         # Before anything reads the body (session authentication's CSRF check may).
-        self.upload_limit = UploadSizeLimit(int(visualsearch_settings.MAX_IMAGE_BYTES))
+        self.upload_limit = UploadLimit(int(visualsearch_settings.MAX_IMAGE_BYTES), max_files=1)
         request.upload_handlers.insert(0, self.upload_limit)
         super().initial(request, *args, **kwargs)
 
@@ -188,6 +188,11 @@ class ImageSearchView(VisualSearchAPIView):
     )
     def post(self, request: Request) -> Response:
         data = request.data
+        if self.upload_limit.extra_files:
+            count = self.upload_limit.files
+            raise exceptions.ValidationError(
+                {"image": [f"Send one file per search, the photo: this request has {count}."]}
+            )
         if self.upload_limit.too_large:
             limit = _size(self.upload_limit.max_bytes)
             message = f"The file is larger than the {limit} limit."
@@ -211,27 +216,6 @@ class ImageSearchView(VisualSearchAPIView):
             ) from None
         except InvalidImage as exc:
             raise exceptions.ValidationError({"image": [str(exc)]}) from None
-
-
-class UploadSizeLimit(FileUploadHandler):
-    """Stops keeping an uploaded file once it passes ``max_bytes``; the rest is read and dropped.
-
-    Without it Django writes an upload of any size to a temporary file before the view runs.
-    """
-
-    def __init__(self, max_bytes: int, request: Any = None) -> None:
-        super().__init__(request)
-        self.max_bytes = max_bytes
-        self.too_large: set[str] = set()
-
-    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
-        if start + len(raw_data) > self.max_bytes:
-            self.too_large.add(self.field_name)
-            raise SkipFile
-        return raw_data
-
-    def file_complete(self, file_size: int) -> None:
-        return None
 
 
 def _classes(key: str) -> list[type]:

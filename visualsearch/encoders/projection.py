@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from django.core.exceptions import ImproperlyConfigured
 
 from visualsearch.encoders.base import l2_normalize
 
@@ -55,10 +56,13 @@ class Projection:
         return l2_normalize(hidden @ self.w2 + self.b2)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the ``.npz`` atomically (processes that hot-reload never see half a file)."""
+        """Write the ``.npz`` atomically (processes that hot-reload never see half a file),
+        readable by every user as any new file is (0644 minus the umask): the web processes
+        and workers that read it may run as another user than the command that trains it."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+        tmp = str(path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp"))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with os.fdopen(fd, "wb") as handle:
                 np.savez(
@@ -107,18 +111,28 @@ class ProjectionFile:
     def get(self, validate: Callable[[Projection], None] | None = None) -> Projection:
         """The projection now in the file; ``validate`` vets each newly read version.
 
-        Raises ``FileNotFoundError`` when the file does not exist, and whatever ``validate``
-        or reading a damaged file raises (nothing is kept then).
+        Raises ``FileNotFoundError`` when the file does not exist, ``ImproperlyConfigured``
+        naming the file when this process cannot read it (its mode, owner or type), and
+        whatever ``validate`` or reading a damaged file raises (nothing is kept then).
         """
-        stat = self.path.stat()
-        signature = (stat.st_mtime_ns, stat.st_size)
-        with self._lock:
-            if self._loaded is None or self._loaded[0] != signature:
-                projection = Projection.load(self.path)
-                if validate is not None:
-                    validate(projection)
-                self._loaded = (signature, projection)
-            return self._loaded[1]
+        try:
+            stat = self.path.stat()
+            signature = (stat.st_mtime_ns, stat.st_size)
+            with self._lock:
+                if self._loaded is None or self._loaded[0] != signature:
+                    projection = Projection.load(self.path)
+                    if validate is not None:
+                        validate(projection)
+                    self._loaded = (signature, projection)
+                return self._loaded[1]
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise ImproperlyConfigured(
+                f"The projection {self.path} cannot be read by this process "
+                f"({exc.strerror or exc}): it must be a file readable by the user the web "
+                "processes and workers run as (written by another user, give it mode 0644)."
+            ) from exc
 
 
 # --- training pieces shared with visualsearch.bridge (torch is imported only in here) -------

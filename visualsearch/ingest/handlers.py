@@ -33,8 +33,8 @@ def deferred_embedding() -> Iterator[None]:
 
 
 def remember_file(sender: type, instance: Any, **kwargs: Any) -> None:
-    """``post_init``: remember the file name the row was loaded with."""
-    setattr(instance, _ORIGINAL, _file_name(instance))
+    """``post_init``: remember the file the row was loaded with (its name and field file)."""
+    setattr(instance, _ORIGINAL, (_file_name(instance), _field_file(instance)))
 
 
 def image_saved(
@@ -44,11 +44,17 @@ def image_saved(
     field = visualsearch_settings.IMAGE_FIELD
     if raw or (update_fields is not None and field not in update_fields):
         return
+    # A file saved again under its old name (storages that overwrite, such as S3 with
+    # AWS_S3_FILE_OVERWRITE) replaces the field's file: compare that, not only the name. The
+    # worker then compares content hashes, so a file written with the same bytes costs no
+    # encoding.
+    replaced = _field_file(instance)
     name = _file_name(instance)
-    original = getattr(instance, _ORIGINAL, None)
-    if not created and original is not None and name == original:
-        return
-    setattr(instance, _ORIGINAL, name)
+    original_name, original_file = getattr(instance, _ORIGINAL, (None, None))
+    if not created and original_name is not None and name == original_name:
+        if replaced is original_file:
+            return
+    setattr(instance, _ORIGINAL, (name, _field_file(instance)))
     from visualsearch.storage.layout import image_storage
 
     storage = image_storage()
@@ -59,6 +65,7 @@ def image_saved(
         instance.embedding_status = EmbeddingStatus.PENDING
         instance.embedding_error = ""
         instance.embedding_updated_at = timezone.now()
+        instance.embedding_attempts = 0
     schedule(sender, instance.pk)
 
 
@@ -138,6 +145,11 @@ def invalidate_renderings(sender: type, instance: Any, **kwargs: Any) -> None:
     if kwargs.get("raw"):
         return
     cache.invalidate(using=kwargs.get("using"))
+
+
+def _field_file(instance: Any) -> Any:
+    """What the image field holds now (Django replaces it when a new file is saved)."""
+    return instance.__dict__.get(visualsearch_settings.IMAGE_FIELD)
 
 
 def _file_name(instance: Any) -> str | None:

@@ -1,19 +1,25 @@
-"""Spreading picks apart: maximal marginal relevance, and coverage of a random sample.
+"""Spreading picks apart: maximal marginal relevance, and coverage of a sample.
 
 Used by :mod:`visualsearch.query.recommend`. The functions work on unit vectors in numpy; the two
-queries that fetch vectors (for given products, or for a random sample of them) are here too.
+queries that fetch vectors (for given products, or for a sample of them) are here too.
 They read the vectors in pgvector's binary form (``vector_send``): parsing the text form of
 a few hundred 1280-d vectors in Python takes several times longer than the query.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import random
+import uuid
 from collections.abc import Iterable
 from itertools import islice
 from typing import Any
 
 import numpy as np
-from django.db.models import BinaryField, F, Func
+from django.db import connections
+from django.db.models import BinaryField, F, Func, Value
+from django.db.models.expressions import RawSQL
 
 from visualsearch.storage.layout import ready_rows
 from visualsearch.storage.lookup import get_product_model
@@ -42,9 +48,9 @@ def product_vectors(pks: Iterable[Any], model: type | None = None) -> dict[Any, 
 def sample_vectors(
     count: int, *, exclude: Iterable[Any] = (), queryset: Any = None, **filters: Any
 ) -> dict:
-    """``{pk: unit vector}`` of up to ``count`` embedded products drawn at random.
+    """``{pk: unit vector}`` of up to ``count`` embedded products, a sample of the catalog.
 
-    ``ORDER BY random()`` over the products (``queryset``, else the default manager) outside
+    :func:`sample_pks` over the products (``queryset``, else the default manager) outside
     ``exclude`` that match ``filters``, a quarter more than needed, then the vectors of those
     with a ready image, through the image table's product index. The draw reads the product
     table, not the image table, which holds the vectors and is many times larger
@@ -55,8 +61,58 @@ def sample_vectors(
     exclude = list(exclude)
     if exclude:
         products = products.exclude(pk__in=exclude)
-    drawn = list(products.order_by("?").values_list("pk", flat=True)[: count + count // 4 + 1])
+    drawn = sample_pks(products, count + count // 4 + 1, seed=exclude)
     return dict(islice(product_vectors(drawn).items(), count))
+
+
+#: Runs of consecutive primary keys a sample is made of (see :func:`sample_pks`).
+SAMPLE_RUNS = 16
+
+
+def sample_pks(products: Any, count: int, *, seed: Any = ()) -> list:
+    """Up to ``count`` primary keys of ``products``, spread over the key range.
+
+    Short runs of keys after ``SAMPLE_RUNS`` evenly spaced points of the range (integer or
+    UUID keys), topped up from the first keys: index range scans, never a sort of the
+    whole table (``ORDER BY random()``). The points move with the day and ``seed`` (the
+    products excluded), so one shopper sees new picks as they go and a crawler sees the
+    same page all day.
+    """
+    if count < 1:
+        return []
+    runs = min(count, SAMPLE_RUNS)
+    per_run = -(-count // runs)
+    keys = products.order_by("pk")
+    parts = [
+        keys.filter(pk__gte=start).annotate(sample_run=Value(i)).values_list("pk", "sample_run")
+        for i, start in enumerate(_sample_starts(products, runs, seed))
+    ]
+    parts = [part[:per_run] for part in parts]
+    parts.append(keys.annotate(sample_run=Value(runs)).values_list("pk", "sample_run")[:count])
+    rows = parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0]
+    ordered = sorted(rows, key=lambda row: row[1])  # the runs, then the first keys
+    return list(dict.fromkeys(pk for pk, _ in ordered))[:count]
+
+
+def _sample_starts(products: Any, runs: int, seed: Any) -> list:
+    """``runs`` evenly spaced keys of the key range of ``products``' model, from a point that
+    ``seed`` and the date choose ([] for keys that are neither integers nor UUIDs). Integer
+    keys are computed inside the sample's statement from the table's smallest and largest
+    key (two index probes each)."""
+    digest = hashlib.sha256(repr((datetime.date.today(), sorted(map(str, seed)))).encode())
+    offset = random.Random(digest.digest()).random()
+    fractions = [(offset + i / runs) % 1 for i in range(runs)]
+    meta = products.model._meta
+    kind = meta.pk.get_internal_type()
+    if kind == "UUIDField":
+        return [uuid.UUID(int=int(fraction * 2**128)) for fraction in fractions]
+    if not kind.endswith(("AutoField", "IntegerField")):
+        return []
+    quote = connections[products.db].ops.quote_name
+    key, table = quote(meta.pk.column), quote(meta.db_table)
+    span = f"FLOOR((MAX({key}) - MIN({key}) + 1) * %s)"
+    start = f"SELECT CAST(MIN({key}) + {span} AS bigint) FROM {table}"
+    return [RawSQL(start, [fraction], output_field=meta.pk) for fraction in fractions]
 
 
 def vectors_by_product(rows: Any, attname: str) -> dict[Any, np.ndarray]:

@@ -317,13 +317,14 @@ def _diverse(count: int, covered: list, exclude: set, queryset: Any, filters: di
 
 
 def _random(count: int, exclude: set, queryset: Any, filters: dict) -> list:
-    """``count`` products outside ``exclude``, drawn at random (``ORDER BY random()``)."""
+    """``count`` products outside ``exclude``, a sample of the catalog
+    (:func:`visualsearch.query.diversity.sample_pks`: no sort of the whole table)."""
     if count < 1:
         return []
     products = _products(queryset).filter(**filters)
     if exclude:
         products = products.exclude(pk__in=list(exclude))
-    return _load(list(products.order_by("?").values_list("pk", flat=True)[:count]), queryset)
+    return _load(diversity.sample_pks(products, count, seed=exclude), queryset)
 
 
 def _as_exploration(products: list) -> list:

@@ -26,6 +26,7 @@ from visualsearch.web.display import (
     product_url,
     thumbnail_url,
 )
+from visualsearch.web.guards import session_started
 
 logger = logging.getLogger(__name__)
 register = template.Library()
@@ -116,13 +117,15 @@ def similar_products(
     limit = int(limit)
     cached = int(visualsearch_settings.WIDGET_CACHE_TIMEOUT) > 0 and not _hooks()
     key = _cache_key(product.pk, limit, template, title, filters)
-    html = cache.lookup(key) if cached else None
+    # Read before the data: a change committed while rendering bumps past this generation.
+    current = cache.generation() if cached else None
+    html = cache.lookup(key, current) if current is not None else None
     if html is None:
         html = _render(product, limit, template, title, filters, request)
         if html is None:
             return ""
-        if cached:
-            cache.store(key, html, int(visualsearch_settings.WIDGET_CACHE_TIMEOUT))
+        if current is not None:
+            cache.store(key, html, int(visualsearch_settings.WIDGET_CACHE_TIMEOUT), current)
     return mark_safe(html)
 
 
@@ -171,19 +174,20 @@ def recommended_products(
     and diverse picks for a shopper with no history (see :mod:`visualsearch.query.recommend`).
     Keyword arguments other than ``limit``, ``template`` and ``title`` filter the products.
     Never cached (it depends on the session); the products shown are remembered in the
-    session so that the next page shows others. Renders nothing when the database query
-    fails (logged).
+    session so that the next page shows others, once the shopper has a session (a visitor
+    without cookies starts none). Renders nothing when anything fails (logged).
     """
     session = getattr(request, "session", None)
     try:
         products = recommend_for_session(
             session,
             None if limit is None else int(limit),
+            remember=session_started(session),
             queryset=product_queryset(request),
             **filters,
         )
         products = attach_thumbnails(products)
-    except DatabaseError:
+    except Exception:  # a broken widget must not take the page down (the encoder's file…)
         logger.exception("visualsearch: recommendations could not be queried")
         return ""
     if not products:

@@ -59,9 +59,11 @@ def invalidate(using: str | None = None) -> None:
     transaction.on_commit(bump, using=using)
 
 
-def lookup(key: str) -> Any:
-    """The value cached under ``key`` in the current generation, else ``None``."""
-    current = generation()
+def lookup(key: str, current: int | None = None) -> Any:
+    """The value cached under ``key`` in generation ``current`` (default: the generation now),
+    else ``None``. A rendering reads the generation once and passes it to :func:`lookup` and
+    :func:`store`, so that what it read before a change is never stored as newer."""
+    current = generation() if current is None else current
     if current is None:
         return None
     try:
@@ -71,9 +73,10 @@ def lookup(key: str) -> Any:
         return None
 
 
-def store(key: str, value: Any, timeout: int) -> None:
-    """Cache ``value`` under ``key`` in the current generation for ``timeout`` seconds."""
-    current = generation()
+def store(key: str, value: Any, timeout: int, current: int | None = None) -> None:
+    """Cache ``value`` under ``key`` in generation ``current`` (default: the generation now)
+    for ``timeout`` seconds."""
+    current = generation() if current is None else current
     if current is None or timeout <= 0:
         return
     try:

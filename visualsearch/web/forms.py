@@ -9,7 +9,7 @@ from django import forms
 from django.template.defaultfilters import filesizeformat
 
 from visualsearch.conf import visualsearch_settings
-from visualsearch.ingest.images import InvalidImage, open_query_image
+from visualsearch.ingest.images import InvalidImage, decode_stored, open_query_image, read_limited
 
 CROP_FIELDS = ("crop_x", "crop_y", "crop_width", "crop_height")
 
@@ -18,9 +18,9 @@ class ImageUploadForm(forms.Form):
     """The one upload form: ``cleaned_data["picture"]`` is the decoded (cropped) RGB image.
 
     The file is opened by :func:`~visualsearch.ingest.images.open_query_image`, within
-    ``MAX_IMAGE_BYTES`` and ``MAX_IMAGE_PIXELS``; anything that is not a usable image
-    becomes a form error saying why. Subclasses add fields (the shop's search page, the
-    admin's search by image) or drop the crop box (``crop_x = None`` …).
+    ``MAX_IMAGE_BYTES``, ``MAX_IMAGE_PIXELS`` and ``MAX_QUERY_PIXELS``; anything that is not
+    a usable image becomes a form error saying why. Subclasses add fields (the shop's search
+    page, the admin's search by image) or drop the crop box (``crop_x = None`` …).
     """
 
     image = forms.FileField(
@@ -95,7 +95,7 @@ class EmbeddableImageField(forms.ImageField):
                 code="file_too_large",
             )
         try:
-            open_query_image(data)  # decoded as the worker will decode it
+            decode_stored(read_limited(data, max_bytes))  # decoded as the worker will decode it
         except InvalidImage as exc:
             raise forms.ValidationError(str(exc), code="invalid_image") from None
         finally:
