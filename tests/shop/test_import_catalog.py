@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from decimal import Decimal
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from io import StringIO
@@ -397,3 +398,74 @@ def test_defer_embedding_leaves_rows_pending_for_reindex(transactional_db, broke
     assert set(ProductImage.objects.values_list("embedding_status", flat=True)) == {"pending"}
     call_command("visualsearch_reindex", "--no-progress", stdout=StringIO())
     assert set(ProductImage.objects.values_list("embedding_status", flat=True)) == {"ready"}
+
+
+def noise_catalog(folder: Path, rows: int) -> Path:
+    """``rows`` products, one photo each: the same noise PNG (incompressible, a large file)."""
+    (folder / "images").mkdir(parents=True)
+    noise = Image.frombytes("RGB", (256, 256), os.urandom(256 * 256 * 3))
+    noise.save(folder / "images" / "noise.png")
+    products = [
+        fashion(f"{folder.name}-{i}", "images/noise.png", f"Noise {i}") for i in range(rows)
+    ]
+    return write_csv(folder / "products.csv", products)
+
+
+def peak_bytes(*args: object) -> int:
+    """The most memory Python held during one import, above what it held before."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        run_import(*args)
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_peak_memory_does_not_grow_with_the_catalog(transactional_db, tmp_path):
+    """Only a window of images is held, whatever the number of rows.
+
+    Each product commits (``transactional_db``): inside a test's transaction Django would keep
+    every product's on-commit callbacks. Embedding is deferred: no tasks to measure.
+    """
+    run_import(noise_catalog(tmp_path / "warm", 2), "--no-progress", "--defer-embedding")
+    small = noise_catalog(tmp_path / "small", 16)
+    large = noise_catalog(tmp_path / "large", 128)
+    assert (small.parent / "images" / "noise.png").stat().st_size > 190_000
+
+    options = ("--no-progress", "--workers", "1", "--defer-embedding")
+    small_peak = peak_bytes(small, *options)
+    large_peak = peak_bytes(large, *options)
+
+    assert ProductImage.objects.count() == 2 + 16 + 128
+    assert large_peak < 1.5 * small_peak, (small_peak, large_peak)
+
+
+@pytest.mark.django_db
+def test_rows_of_one_product_may_lie_apart(tmp_path, images):
+    """The file is streamed, yet a product is still written once, in the order of its first row."""
+    csv_path = write_csv(
+        tmp_path / "products.csv",
+        [
+            fashion("1", "images/a.jpg", "One"),
+            fashion("2", "images/c.png", "Two"),
+            fashion("3", "images/a.jpg", "Three"),
+            fashion("1", "images/b.jpg", "One, renamed"),  # fields come from the first row
+            fashion("2", "images/c.png", "Two"),  # row 6: a duplicate
+        ],
+    )
+
+    stdout, stderr = run_import(csv_path, "--no-progress", "--workers", "1")
+
+    assert "row 6: duplicate image images/c.png for id 2; skipped" in stderr
+    assert "Products: 3 created" in stdout and "Images: 4 added" in stdout
+    products = Product.objects.order_by("pk")
+    assert [(p.external_id, p.name) for p in products] == [
+        ("1", "One"),
+        ("2", "Two"),
+        ("3", "Three"),
+    ]
+    assert list(products[0].images.values_list("position", "source")) == [
+        (0, "images/a.jpg"),
+        (1, "images/b.jpg"),
+    ]

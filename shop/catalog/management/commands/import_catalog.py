@@ -8,6 +8,10 @@ decoded as the embedding worker will decode it. Re-running the same
 file creates nothing new: an image is known by its product and its ``source`` string, and a
 product by its external id; a product's fields come from its first row, and a changed row
 updates them. Bad rows are reported on stderr and skipped; they never stop the import.
+
+The file is read twice: once to find each product's last row, then streamed, each product
+written once its last row is read. Only a window of products is fetched at a time, so memory
+depends on ``--workers``, not on the size of the catalog.
 """
 
 from __future__ import annotations
@@ -16,14 +20,16 @@ import csv
 import re
 import zlib
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import partial
 from http.client import HTTPException
+from itertools import islice
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlsplit
 
@@ -53,6 +59,9 @@ LABELS = {"baseColour": "Colour", "masterCategory": "Department", "subCategory":
 TRUE, FALSE = {"1", "true", "yes", "y", "t"}, {"0", "false", "no", "n", "f"}
 UNCATEGORIZED = "Uncategorized"
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")  # two letters at least: C:\ is a path
+#: File name extension of each format the import accepts (visualsearch's FORMATS).
+EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp"}
+EXTENSIONS |= {"AVIF": ".avif", "BMP": ".bmp", "TIFF": ".tif"}
 
 
 class RowError(Exception):
@@ -72,6 +81,7 @@ class ProductRows:
     external_id: str
     fields: dict[str, Any]
     images: list[ImageRow] = field(default_factory=list)
+    complete: bool = False  # its last row has been read
 
 
 def fetch_image(
@@ -98,7 +108,7 @@ def fetch_image(
             raise RowError(f"unsupported URL scheme {scheme.group(1)!r} (only http and https)")
         else:
             with local_path(source, base_dir, roots).open("rb") as handle:
-                data = handle.read(max_bytes + 1)
+                data = read_at_most(handle, max_bytes + 1)
     except HTTPError as exc:
         raise RowError(f"HTTP {exc.code} {exc.reason} for {source}") from None
     except URLError as exc:
@@ -121,6 +131,16 @@ def fetch_image(
     return data
 
 
+def read_at_most(handle: BinaryIO, limit: int) -> bytes:
+    """Up to ``limit`` bytes of ``handle``, read in chunks: the memory taken follows the file's
+    size, where one ``read(limit)`` would reserve ``limit`` bytes first."""
+    chunks, size = [], 0
+    while size < limit and (chunk := handle.read(min(64 * 1024, limit - size))):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def local_path(source: str, base_dir: Path, roots: tuple[Path, ...] = ()) -> Path:
     """``source`` resolved against ``base_dir``; ``RowError`` unless it stays inside ``base_dir``
     or one of ``roots`` (all resolved already), so a CSV cannot read ``../../etc/passwd``."""
@@ -128,6 +148,26 @@ def local_path(source: str, base_dir: Path, roots: tuple[Path, ...] = ()) -> Pat
     if any(path.is_relative_to(root) for root in (base_dir, *roots)):
         return path
     raise RowError(f"{source} is outside the CSV's folder (allow another folder with --root)")
+
+
+def find_columns(path: Path, header: list[str], category: str | None) -> dict[str, str | None]:
+    """The column holding each field (``ALIASES``), or ``CommandError`` if one is missing."""
+    columns = {f: next((c for c in names if c in header), None) for f, names in ALIASES.items()}
+    if category and category not in header:
+        raise CommandError(f"{path} has no column {category!r}.")
+    columns["category"] = category or columns["category"]
+    if missing := [f for f in ("external_id", "image", "name") if not columns[f]]:
+        accepted = " or ".join(c for f in missing for c in ALIASES[f])
+        raise CommandError(f"{path} needs the columns {accepted}.")
+    return columns
+
+
+def check_row(external_id: str, source: str) -> None:
+    """``RowError`` unless the row has an id and an image of acceptable lengths."""
+    if not external_id or not source:
+        raise RowError("missing id" if not external_id else "missing image")
+    if len(external_id) > 100 or len(source) > 1000:
+        raise RowError("id longer than 100 or image longer than 1000 chars")
 
 
 def product_fields(row: dict[str, str], columns: dict[str, str | None]) -> dict[str, Any]:
@@ -169,11 +209,25 @@ def demo_price(external_id: str) -> Decimal:
     return Decimal(f"{9 + zlib.crc32(external_id.encode()) % 191}.99")
 
 
-def filename(source: str) -> str:
-    """The file name a path or URL ends with, for the stored copy."""
+def filename(source: str, data: bytes) -> str:
+    """The stored copy's file name: the name a path or URL ends with, with the extension of
+    the format ``data`` decodes as, never the source's own (``x.html`` holding a GIF is
+    stored as ``x.gif``, and so served as an image, not as a page)."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    from visualsearch.ingest.images import FORMATS
+
     if _SCHEME.match(source):
-        return PurePosixPath(unquote(urlsplit(source).path)).name or "image"
-    return Path(source).name or "image"
+        name = PurePosixPath(unquote(urlsplit(source).path)).name
+    else:
+        name = Path(source).name
+    Image.init()
+    readable = [name for name in FORMATS if name in Image.OPEN]
+    with Image.open(BytesIO(data), formats=readable) as image:  # decoded already: known format
+        extension = EXTENSIONS[image.format]
+    return (PurePosixPath(name).stem or "image") + extension
 
 
 def unique_slug(model: type[models.Model], base: str, max_length: int) -> str:
@@ -219,15 +273,11 @@ class Command(BaseCommand):
         self.counts = dict.fromkeys(("created", "updated", "same", "added", "kept", "skipped"), 0)
         if options["workers"] < 1 or (options["limit"] is not None and options["limit"] < 1):
             raise CommandError("--workers and --limit must be at least 1.")
-        products = self.read_csv(options["csv_path"], options["category_column"], options["limit"])
-        known = set(  # images imported before: not fetched again
-            ProductImage.objects.filter(product__external_id__in=[p.external_id for p in products])
-            .exclude(source="")
-            .values_list("product__external_id", "source")
-        )
+        path, category, limit = options["csv_path"], options["category_column"], options["limit"]
+        last_rows = self.index_csv(path, category, limit)
         disable = options["no_progress"] or not self.stderr.isatty()
         self.progress = tqdm(
-            total=len(products), unit="product", file=self.stderr._out, disable=disable
+            total=len(last_rows), unit="product", file=self.stderr._out, disable=disable
         )
         fetch = partial(
             fetch_image,
@@ -237,16 +287,20 @@ class Command(BaseCommand):
             roots=tuple(root.expanduser().resolve() for root in options["root"]),
             allow_private=bool(getattr(settings, "IMPORT_ALLOW_PRIVATE_URLS", False)),
         )
+        size = 4 * options["workers"]  # products fetched at a time: bounds the bytes in memory
         window: deque[ProductRows] = deque()  # products being fetched, written in file order
         deferred = deferred_embedding() if options["defer_embedding"] else nullcontext()
         with deferred, self.progress, ThreadPoolExecutor(options["workers"]) as pool:
-            for product in products:
-                for image in product.images:
-                    if (product.external_id, image.source) not in known:
-                        image.future = pool.submit(fetch, image.source)
-                window.append(product)
-                if len(window) > 4 * options["workers"]:  # bounds the bytes held in memory
-                    self.import_product(window.popleft())
+            products = self.read_csv(path, category, limit, last_rows)
+            while batch := list(islice(products, size)):
+                known = self.known_images(batch)  # imported before: not fetched again
+                for product in batch:
+                    for image in product.images:
+                        if (product.external_id, image.source) not in known:
+                            image.future = pool.submit(fetch, image.source)
+                    window.append(product)
+                    if len(window) > size:
+                        self.import_product(window.popleft())
             while window:
                 self.import_product(window.popleft())
         c = self.counts
@@ -262,56 +316,90 @@ class Command(BaseCommand):
         with tqdm.external_write_mode(file=self.stderr._out):
             self.stderr.write(f"row {number}: {reason}; skipped", self.style.WARNING)
 
-    def read_csv(self, path: Path, category: str | None, limit: int | None) -> list[ProductRows]:
-        """The rows grouped by product in file order; rows that lack what is needed are skipped."""
-        groups: dict[str, ProductRows] = {}
+    def read_rows(self, path: Path, category: str | None) -> Iterator[tuple[int, dict[str, str]]]:
+        """The file's rows numbered as in the file (the header being row 1), streamed; the
+        header is checked first and ``self.columns`` set from it."""
         try:
             with path.open(encoding="utf-8-sig", newline="") as handle:
                 reader = csv.DictReader(handle)
-                header = reader.fieldnames or []
-                columns = {
-                    f: next((c for c in names if c in header), None) for f, names in ALIASES.items()
-                }
-                if category and category not in header:
-                    raise CommandError(f"{path} has no column {category!r}.")
-                columns["category"] = category or columns["category"]
-                if missing := [f for f in ("external_id", "image", "name") if not columns[f]]:
-                    accepted = " or ".join(c for f in missing for c in ALIASES[f])
-                    raise CommandError(f"{path} needs the columns {accepted}.")
-                if not columns["category"]:
-                    self.stderr.write(f"No category column: products go to {UNCATEGORIZED!r}.")
-                for number, row in enumerate(reader, start=2):
-                    external_id = (row.get(columns["external_id"]) or "").strip()
-                    source = (row.get(columns["image"]) or "").strip()
-                    if limit is not None and len(groups) >= limit and external_id not in groups:
-                        continue
-                    try:
-                        if not external_id or not source:
-                            raise RowError("missing id" if not external_id else "missing image")
-                        if len(external_id) > 100 or len(source) > 1000:
-                            raise RowError("id longer than 100 or image longer than 1000 chars")
-                        group = groups.get(external_id)
-                        if group is None:
-                            fields = product_fields(row, columns)
-                            group = groups[external_id] = ProductRows(external_id, fields)
-                        elif any(image.source == source for image in group.images):
-                            raise RowError(f"duplicate image {source} for id {external_id}")
-                    except RowError as exc:
-                        self.skip(number, str(exc))
-                        continue
-                    group.images.append(ImageRow(number, source, len(group.images)))
+                self.columns = find_columns(path, reader.fieldnames or [], category)
+                yield from enumerate(reader, start=2)
         except OSError as exc:
             raise CommandError(f"Cannot read {path}: {exc}") from exc
         except (csv.Error, UnicodeDecodeError) as exc:
             raise CommandError(f"{path} is not a readable UTF-8 CSV file: {exc}") from exc
-        return list(groups.values())
+
+    def row_keys(self, row: dict[str, str]) -> tuple[str, str]:
+        """The row's product id and image source."""
+        id_column, image_column = self.columns["external_id"], self.columns["image"]
+        return (row.get(id_column) or "").strip(), (row.get(image_column) or "").strip()
+
+    def index_csv(self, path: Path, category: str | None, limit: int | None) -> dict[str, int]:
+        """The id of every product the import will write, with the number of its last row.
+
+        A first pass, silent: ``read_csv`` makes the same choices again, reporting them.
+        """
+        last_rows: dict[str, int] = {}
+        for number, row in self.read_rows(path, category):
+            external_id, source = self.row_keys(row)
+            if external_id in last_rows:
+                last_rows[external_id] = number
+            elif limit is None or len(last_rows) < limit:
+                try:
+                    check_row(external_id, source)
+                    product_fields(row, self.columns)
+                except RowError:
+                    continue
+                last_rows[external_id] = number
+        if not self.columns["category"]:
+            self.stderr.write(f"No category column: products go to {UNCATEGORIZED!r}.")
+        return last_rows
+
+    def read_csv(
+        self, path: Path, category: str | None, limit: int | None, last_rows: dict[str, int]
+    ) -> Iterator[ProductRows]:
+        """The products in the order of their first rows, each once its last row is read
+        (``last_rows``, from ``index_csv``); rows that lack what is needed are skipped."""
+        groups: dict[str, ProductRows] = {}  # products still being read, in file order
+        created = 0
+        for number, row in self.read_rows(path, category):
+            external_id, source = self.row_keys(row)
+            if limit is not None and created >= limit and external_id not in groups:
+                continue
+            try:
+                check_row(external_id, source)
+                group = groups.get(external_id)
+                if group is None:
+                    fields = product_fields(row, self.columns)
+                    group = groups[external_id] = ProductRows(external_id, fields)
+                    created += 1
+                elif any(image.source == source for image in group.images):
+                    raise RowError(f"duplicate image {source} for id {external_id}")
+            except RowError as exc:
+                self.skip(number, str(exc))
+            else:
+                group.images.append(ImageRow(number, source, len(group.images)))
+            if external_id in groups and last_rows.get(external_id) == number:
+                groups[external_id].complete = True
+            while groups and (first := next(iter(groups.values()))).complete:
+                yield groups.pop(first.external_id)
+        yield from groups.values()  # none unless the file changed since it was indexed
+
+    def known_images(self, products: list[ProductRows]) -> set[tuple[str, str]]:
+        """``(external id, source)`` of the images of ``products`` imported before."""
+        return set(
+            ProductImage.objects.filter(product__external_id__in=[p.external_id for p in products])
+            .exclude(source="")
+            .values_list("product__external_id", "source")
+        )
 
     def import_product(self, rows: ProductRows) -> None:
         """Save one product and its new images in one transaction, so they are enqueued together."""
         images, before = [], dict(self.counts)
         for image in rows.images:
+            future, image.future = image.future, None  # its bytes go once the product is saved
             try:
-                images.append((image, image.future.result() if image.future else None))
+                images.append((image, future.result() if future else None))
             except RowError as exc:
                 self.skip(image.number, str(exc))
         try:
@@ -369,5 +457,5 @@ class Command(BaseCommand):
                         position=image.position,
                         alt_text=fields["name"],
                         source=image.source,
-                        image=ContentFile(data, name=filename(image.source)),
+                        image=ContentFile(data, name=filename(image.source, data)),
                     )
