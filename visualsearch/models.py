@@ -22,7 +22,7 @@ from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from django.utils import timezone
-from pgvector.django import CosineDistance, HnswIndex
+from pgvector.django import CosineDistance, HnswIndex, VectorField
 
 from visualsearch.conf import visualsearch_settings
 from visualsearch.storage.fields import EmbeddingField, TextEmbeddingField
@@ -31,9 +31,12 @@ from visualsearch.storage.indexes import filter_scan_index, image_hnsw_index
 __all__ = [
     "EmbeddedImage",
     "EmbeddedText",
+    "EncodedVector",
+    "EncoderGeneration",
     "EmbeddingField",
     "EmbeddingQuerySet",
     "EmbeddingStatus",
+    "GenerationState",
     "ImageEmbedding",
     "TextEmbeddingField",
     "VisualSearch",
@@ -56,10 +59,10 @@ class EmbeddingQuerySet(models.QuerySet):
 
     def ready(self) -> EmbeddingQuerySet:
         """Rows with a vector from the active encoder (never mixes two models' vectors)."""
-        return self.filter(
-            embedding_status=EmbeddingStatus.READY,
-            embedding_model=self.model.embedding_encoder().model_id,
-        )
+        models_ = self.model.embedding_models()
+        if len(models_) == 1:
+            return self.filter(embedding_status=EmbeddingStatus.READY, embedding_model=models_[0])
+        return self.filter(embedding_status=EmbeddingStatus.READY, embedding_model__in=models_)
 
     def nearest(self, vector: np.ndarray | list[float]) -> EmbeddingQuerySet:
         """Ready rows ordered by cosine distance to ``vector``, annotated with ``distance``.
@@ -101,6 +104,14 @@ class EmbeddingRecord(models.Model):
     embedding_updated_at = models.DateTimeField(
         "embedding status changed", default=timezone.now, editable=False
     )
+    # When a task for the row was last sent: the sweep leaves rows queued recently to it.
+    embedding_queued_at = models.DateTimeField(
+        "embedding queued at", null=True, blank=True, editable=False
+    )
+    # Tasks started for the row's current content: a task gives up at TASK_MAX_ATTEMPTS.
+    embedding_attempts = models.PositiveIntegerField(
+        "embedding attempts", default=0, editable=False
+    )
 
     objects = EmbeddingQuerySet.as_manager()
 
@@ -111,6 +122,11 @@ class EmbeddingRecord(models.Model):
     def embedding_encoder(cls) -> Any:
         """The encoder whose vectors this model stores."""
         raise NotImplementedError
+
+    @classmethod
+    def embedding_models(cls) -> tuple[str, ...]:
+        """Model ids whose ready vectors :meth:`EmbeddingQuerySet.ready` returns."""
+        return (cls.embedding_encoder().model_id,)
 
 
 class EmbeddedImage(EmbeddingRecord):
@@ -130,10 +146,19 @@ class EmbeddedImage(EmbeddingRecord):
 
     @classmethod
     def embedding_encoder(cls) -> Any:
-        """The encoder whose vectors this model stores: the image ``ENCODER``."""
-        from visualsearch.encoders import get_encoder
+        """The encoder whose vectors serve queries: the image ``ENCODER``, or during an
+        encoder switch the previous generation's (:mod:`visualsearch.ingest.switch`)."""
+        from visualsearch.encoders.serving import serving_encoder
 
-        return get_encoder()
+        return serving_encoder(cls.objects.db)
+
+    @classmethod
+    def embedding_models(cls) -> tuple[str, ...]:
+        """The serving model id, and while a switch builds the new one too
+        (:func:`visualsearch.encoders.serving.ready_models`)."""
+        from visualsearch.encoders.serving import ready_models
+
+        return ready_models(cls.objects.db)
 
 
 def _image_model_label() -> str:
@@ -182,10 +207,19 @@ class ImageEmbedding(EmbeddingRecord):
 
     @classmethod
     def embedding_encoder(cls) -> Any:
-        """The encoder whose vectors this model stores: the image ``ENCODER``."""
-        from visualsearch.encoders import get_encoder
+        """The encoder whose vectors serve queries: the image ``ENCODER``, or during an
+        encoder switch the previous generation's (:mod:`visualsearch.ingest.switch`)."""
+        from visualsearch.encoders.serving import serving_encoder
 
-        return get_encoder()
+        return serving_encoder(cls.objects.db)
+
+    @classmethod
+    def embedding_models(cls) -> tuple[str, ...]:
+        """The serving model id, and while a switch builds the new one too
+        (:func:`visualsearch.encoders.serving.ready_models`)."""
+        from visualsearch.encoders.serving import ready_models
+
+        return ready_models(cls.objects.db)
 
 
 class EmbeddedText(EmbeddingRecord):
@@ -249,3 +283,74 @@ class VisualSearch(models.Model):
 
     def __str__(self) -> str:
         return str(self._meta.verbose_name)
+
+
+class GenerationState(models.TextChoices):
+    """Where an encoder generation is in a switch (:mod:`visualsearch.ingest.switch`)."""
+
+    SERVING = "serving", "Serving queries"
+    BUILDING = "building", "Building (queries still served by the serving generation)"
+    RETIRED = "retired", "Retired"
+
+
+class EncoderGeneration(models.Model):
+    """One image encoder the catalog was (or is being) embedded with.
+
+    Exactly one generation serves queries; when the configured encoder changes, a new one is
+    built in the background (:class:`EncodedVector` rows) and takes over once it covers the
+    catalog. ``encoder`` and ``options`` rebuild the serving encoder in any process (an adapted
+    encoder's projection is a content-addressed copy of its file, kept while it serves).
+    """
+
+    model_id = models.CharField("encoder model", max_length=200, unique=True)
+    encoder = models.CharField("encoder class", max_length=300)
+    options = models.JSONField("encoder options", default=dict, blank=True)
+    dimensions = models.PositiveIntegerField()
+    state = models.CharField(max_length=16, choices=GenerationState.choices)
+    created_at = models.DateTimeField(default=timezone.now)
+    serving_since = models.DateTimeField(null=True, blank=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
+    note = models.TextField(blank=True, default="")  # why a switch waits or was refused
+    # Contents the generation's encoder could not embed: {digest: reason} (bounded).
+    failures = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        db_table = "visualsearch_encodergeneration"
+        verbose_name = "encoder generation"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["state"],
+                condition=models.Q(state__in=["serving", "building"]),
+                name="visualsearch_one_generation_per_state",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} ({self.state})"
+
+
+class EncodedVector(models.Model):
+    """A vector of one image content (SHA-256 ``digest``) under one encoder ``model_id``.
+
+    Content-addressed, so identical photos share a row and a replaced file never leaves a
+    wrong one. Holds two kinds of vectors outside the serving column: an adapted encoder's
+    base features (a retrained projection is applied to them, nothing is re-encoded) and a
+    building generation's vectors, copied into the serving column at cut-over.
+    """
+
+    model_id = models.CharField("encoder model", max_length=200)
+    digest = models.CharField("content hash", max_length=64)
+    vector = VectorField()  # any length: several encoders' vectors side by side, never searched
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "visualsearch_encodedvector"
+        verbose_name = "encoded vector"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model_id", "digest"], name="visualsearch_encodedvector_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} {self.digest[:12]}"

@@ -259,9 +259,12 @@ def test_sweep_re_enqueues_old_pending_and_stale_rows(broker, make_product):
 
     old, recent, stale = (make_product().images.get() for _ in range(3))
     ProductImage.objects.filter(pk=old.pk).update(
-        embedding_updated_at=timezone.now() - timedelta(hours=1)
+        embedding_updated_at=timezone.now() - timedelta(hours=1),
+        embedding_queued_at=timezone.now() - timedelta(hours=1),  # its task is long gone
     )
-    ProductImage.objects.filter(pk=stale.pk).update(embedding_status=EmbeddingStatus.STALE)
+    ProductImage.objects.filter(pk=stale.pk).update(
+        embedding_status=EmbeddingStatus.STALE, embedding_updated_at=timezone.now()
+    )  # stale after its task was sent (an encoder change)
     broker.flushdb()
     assert sweep_pending() == 2
     (task,) = queued_tasks(broker)

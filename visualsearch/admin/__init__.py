@@ -23,6 +23,7 @@ from visualsearch.admin.mixins import (
     ImageEmbeddingAdmin,
     SimilarProductsAdminMixin,
     register_image_embeddings,
+    retry_failed_selected,
 )
 from visualsearch.admin.overview import VisualSearchAdmin
 from visualsearch.models import VisualSearch
@@ -36,6 +37,7 @@ __all__ = [
     "can_view",
     "mark_stale_selected",
     "reembed_selected",
+    "retry_failed_selected",
     "status_badge",
 ]
 

@@ -77,7 +77,11 @@ def reembed_selected(modeladmin: admin.ModelAdmin, request: Any, queryset: Any) 
 
     pks = list(queryset.values_list("pk", flat=True))
     # update() sends no signals: drop cached widgets here (pending rows leave the results).
-    queryset.update(embedding_status=EmbeddingStatus.PENDING, embedding_updated_at=timezone.now())
+    queryset.update(
+        embedding_status=EmbeddingStatus.PENDING,
+        embedding_updated_at=timezone.now(),
+        embedding_attempts=0,
+    )
     cache.invalidate(using=queryset.db)
     sent = enqueue(queryset.model, pks, force=True)
     level = messages.SUCCESS if sent == len(pks) else messages.WARNING

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
 from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
 from django.db.models import Count
 from django.http import HttpRequest
 from django.template.loader import render_to_string
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
@@ -22,9 +24,36 @@ from visualsearch.admin.helpers import (
     status_badge,
 )
 from visualsearch.conf import visualsearch_settings
-from visualsearch.models import EmbeddingQuerySet, ImageEmbedding
+from visualsearch.models import EmbeddingQuerySet, EmbeddingStatus, ImageEmbedding
 from visualsearch.storage.layout import image_storage
 from visualsearch.web.forms import EmbeddableImageField
+
+
+@admin.action(description="Retry failed embeddings", permissions=["change"])
+def retry_failed_selected(modeladmin: admin.ModelAdmin, request: Any, queryset: Any) -> None:
+    """Set the selected ``failed`` rows ``pending`` again (error cleared, attempts afresh) and
+    enqueue them once the request's transaction commits; other rows are left as they are."""
+    from visualsearch.ingest.tasks import enqueue
+
+    total = queryset.count()
+    pks = list(
+        queryset.filter(embedding_status=EmbeddingStatus.FAILED).values_list("pk", flat=True)
+    )
+    queryset.model._base_manager.filter(pk__in=pks, embedding_status=EmbeddingStatus.FAILED).update(
+        embedding_status=EmbeddingStatus.PENDING,
+        embedding_error="",
+        embedding_attempts=0,
+        embedding_updated_at=timezone.now(),
+    )
+    sent: list[int] = []
+    transaction.on_commit(lambda: sent.append(enqueue(queryset.model, pks)), using=queryset.db)
+    skipped = f" {total - len(pks)} not failed, left as they were." if total > len(pks) else ""
+    if sent:
+        text = f"Enqueued {sent[0]} of {len(pks)} failed image(s) again."
+        level = messages.SUCCESS if pks and sent[0] == len(pks) else messages.WARNING
+    else:  # inside the request's transaction (ATOMIC_REQUESTS): sent when it commits
+        text, level = f"{len(pks)} failed image(s) will be enqueued again.", messages.SUCCESS
+    modeladmin.message_user(request, text + skipped, level)
 
 
 class EmbeddedImageAdminMixin:
@@ -32,9 +61,9 @@ class EmbeddedImageAdminMixin:
 
     Gives the columns ``embedding_thumbnail``, ``embedding_status_badge``, ``embedding_model``,
     ``embedded_at`` (``embedding_list_display``), filters by status and encoder model, the
-    actions "re-embed selected" and "mark stale", and an upload field that refuses files the
-    worker could not use (:class:`visualsearch.web.forms.EmbeddableImageField`). Templates are
-    attributes to override.
+    actions "re-embed selected", "retry failed" and "mark stale", and an upload field that
+    refuses files the worker could not use (:class:`visualsearch.web.forms.EmbeddableImageField`).
+    Templates are attributes to override.
     """
 
     embedding_list_display = (
@@ -44,7 +73,7 @@ class EmbeddedImageAdminMixin:
         "embedded_at",
     )
     list_filter = ("embedding_status", "embedding_model")
-    actions = [reembed_selected, mark_stale_selected]
+    actions = [reembed_selected, retry_failed_selected, mark_stale_selected]
     thumbnail_template = "admin/visualsearch/thumbnail.html"
     thumbnail_size = 64
 
@@ -159,7 +188,7 @@ class ImageEmbeddingAdmin(admin.ModelAdmin):
     )
     list_filter = ("embedding_status", "embedding_model")
     search_fields = ("=pk",)
-    actions = [reembed_selected, mark_stale_selected]
+    actions = [reembed_selected, retry_failed_selected, mark_stale_selected]
     thumbnail_template = "admin/visualsearch/thumbnail.html"
     thumbnail_size = 64
 

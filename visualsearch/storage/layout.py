@@ -76,6 +76,7 @@ class ImageStorage:
             "embedding_status": "pending",
             "embedding_error": "",
             "embedding_updated_at": now,
+            "embedding_attempts": 0,  # new content: the tasks' attempts start afresh
         }
         if not self.separate:
             self.rows.filter(pk__in=pks).update(**pending)
@@ -115,7 +116,7 @@ class ImageStorage:
         with connection.cursor() as cursor:
             cursor.execute(
                 f"UPDATE {quote(self.model._meta.db_table)} AS e SET embedding_status = %s, "
-                "embedding_error = '', embedding_updated_at = %s "
+                "embedding_error = '', embedding_updated_at = %s, embedding_attempts = 0 "
                 f"FROM {quote(image_meta.db_table)} AS i "
                 f"WHERE i.{quote(image_meta.pk.column)} = e.{quote(self.model._meta.pk.column)} "
                 "AND e.embedding_status <> %s "
