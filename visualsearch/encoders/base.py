@@ -54,6 +54,16 @@ class BaseEncoder:
         """
         return None
 
+    def snapshot(self) -> BaseEncoder:
+        """This encoder fixed as it is now, for one batch: its vectors and ``model_id`` then
+        come from the same weights even if a file behind them is replaced meanwhile."""
+        return self
+
+    def frozen_options(self, options: dict) -> dict:
+        """``options`` (its ``ENCODER_OPTIONS``) that rebuild exactly this encoder later, in
+        any process, while it serves an older generation's queries (files copied if needed)."""
+        return dict(options)
+
     def warm_up(self) -> None:
         """Load the model now (worker start) rather than on the first image."""
         self.encode_images([Image.new("RGB", (64, 64), "white")])

@@ -1,184 +1,59 @@
-"""The one embedding loop (:func:`embed`), with an image and a text strategy.
+"""Images through the one embedding loop (:mod:`visualsearch.ingest.loop`): re-read rows,
+open files through storage, decode, encode with the serving generation's encoder, write.
 
-Images: re-read rows, open files through storage, decode, encode, write. Texts
-(:mod:`visualsearch.ingest.texts`): the products' words. Used by the Celery tasks, the
-reindex command (inline) and anything else that embeds. It is idempotent: a row whose content
-(SHA-256) and encoder model id match its stored vector is not encoded again, and content seen
-in another ready row reuses that row's vector (also when two workers get the same new image
-at once: the second waits for the first's vector).
+Used by the Celery tasks, the reindex command (inline) and anything else that embeds. While
+a new encoder generation is building (:mod:`visualsearch.ingest.switch`), the same images are
+also embedded for it (:mod:`visualsearch.ingest.generation`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import psycopg
-from django.db import connections, router, transaction
+from django.db import DatabaseError, connections, router
 from django.utils import timezone
 
 from visualsearch.conf import visualsearch_settings
-from visualsearch.encoders import get_encoder
+from visualsearch.encoders import get_encoder, serving
 from visualsearch.encoders.base import l2_normalize
+from visualsearch.encoders.serving import serving_encoder
+from visualsearch.ingest import features, generation
 from visualsearch.ingest.images import InvalidImage, decode_stored, read_stored
-from visualsearch.models import EmbeddingStatus
+from visualsearch.ingest.loop import EmbedResult, Item, Strategy, content_hash, embed
+from visualsearch.models import EmbeddingStatus, EncodedVector, EncoderGeneration
 from visualsearch.storage import statements
 from visualsearch.storage.layout import ImageStorage, image_storage
 from visualsearch.web import cache
 
+__all__ = [
+    "EmbedResult",
+    "GenerationStrategy",
+    "ImageStrategy",
+    "build_generation",
+    "embed_images",
+    "mark_failed",
+    "mark_stale",
+]
+
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class EmbedResult:
-    """What one call of :func:`embed` did, by primary key."""
-
-    ready: list = field(default_factory=list)
-    reused: list = field(default_factory=list)
-    skipped: list = field(default_factory=list)
-    failed: dict = field(default_factory=dict)
-    missing: list = field(default_factory=list)
-    restored: list = field(default_factory=list)  # unchanged rows set back to ready
-
-    @property
-    def changed(self) -> bool:
-        """Whether any row's status or vector changed (so query results may have)."""
-        return bool(self.ready or self.reused or self.failed or self.restored)
-
-    def __str__(self) -> str:
-        return (
-            f"{len(self.ready)} embedded, {len(self.reused)} reused, "
-            f"{len(self.skipped)} unchanged, "
-            f"{len(self.failed)} failed, {len(self.missing)} gone"
-        )
-
-
-def content_hash(data: bytes) -> str:
-    """SHA-256 of the file's bytes, hex."""
-    return hashlib.sha256(data).hexdigest()
-
-
-@dataclass
-class Item:
-    """One row on its way through :func:`embed`: what was read, and what to encode."""
-
-    pk: Any
-    guard: Any  # the write is skipped unless this still holds (file name, words' hash)
-    digest: str  # SHA-256 of what is embedded
-    stored: Any = None  # the row's vector (None: none, or not read)
-    stored_hash: str = ""  # the hash of what the stored vector was made from
-    stored_model: str = ""
-    status: str = ""
-    has_vector: bool = False
-    payload: Any = None  # what the encoder takes (image, text), prepared by the strategy
-    extra: Any = None  # what the strategy's write needs besides (the words' parts)
-
-
-class Strategy:
-    """What :func:`embed` does differently for images and texts."""
-
-    model: type  # the vector rows
-    encoder: Any
-    noun = "row"
-    #: Hold one advisory lock per content hash from the look-up of known vectors to the write.
-    locks_contents = False
-
-    def read(self, pks: list, result: EmbedResult) -> list[Item]:
-        """The rows of ``pks`` as items; unreadable ones recorded in ``result``."""
-        raise NotImplementedError
-
-    def prepare(self, item: Item) -> Any:
-        """The encoder's input for ``item``; raises ``InvalidImage`` for unusable data."""
-        return item.payload
-
-    def derive(self, item: Item) -> Any:
-        """A vector derived from the stored one without encoding (None: encode)."""
-        return None
-
-    def encode(self, payloads: list) -> Any:
-        raise NotImplementedError
-
-    def write(self, item: Item, vector: Any) -> bool:
-        """Store ``vector`` (None: keep the stored one) and ``ready``, unless the guard moved."""
-        raise NotImplementedError
-
-    def fail(self, item: Item, reason: str, result: EmbedResult) -> None:
-        raise NotImplementedError
-
-    def finished(self, result: EmbedResult) -> None:
-        logger.debug("visualsearch: %ss %s (%s)", self.noun, result, self.encoder.model_id)
-
-
-def embed(strategy: Strategy, pks: Iterable, *, force: bool = False) -> EmbedResult:
-    """The one embedding loop, for images and texts alike: read the rows, skip those whose
-    content and encoder are unchanged, derive or reuse known vectors, encode identical
-    content once, write with a guard against concurrent changes."""
-    result = EmbedResult()
-    model_id = strategy.encoder.model_id
-    work = []
-    for item in strategy.read(list(dict.fromkeys(pks)), result):
-        unchanged = item.digest == item.stored_hash and item.has_vector
-        if unchanged and item.stored_model == model_id and not force:
-            if item.status != EmbeddingStatus.READY and strategy.write(item, None):
-                result.restored.append(item.pk)
-            result.skipped.append(item.pk)
-            continue
-        derived = strategy.derive(item) if unchanged and not force else None
-        if derived is not None:  # e.g. adapted from the stored base vector
-            if strategy.write(item, derived):
-                result.reused.append(item.pk)
-            continue
-        try:
-            item.payload = strategy.prepare(item)
-        except InvalidImage as exc:
-            strategy.fail(item, str(exc), result)
-            continue
-        work.append(item)
-    if work:
-        _encode_and_write(strategy, work, result, force)
-    strategy.finished(result)
-    return result
-
-
-def _encode_and_write(strategy: Strategy, work: list, result: EmbedResult, force: bool) -> None:
-    """Reuse vectors of identical content already stored, encode the rest (identical content
-    once), write them; one transaction (with a lock per content hash for images: a worker
-    given content another one is encoding waits for it, then reuses its vector)."""
-    model_id = strategy.encoder.model_id
-    using = router.db_for_write(strategy.model)
-    with transaction.atomic(using=using):
-        if strategy.locks_contents:
-            _lock_contents(using, {item.digest for item in work})
-        if not force:
-            known = _vectors_by_hash(strategy.model, {item.digest for item in work}, model_id)
-            for item in [item for item in work if item.digest in known]:
-                if strategy.write(item, known[item.digest]):
-                    result.reused.append(item.pk)
-            work = [item for item in work if item.digest not in known]
-        unique: dict[str, int] = {}
-        payloads = []
-        for item in work:
-            if item.digest not in unique:
-                unique[item.digest] = len(payloads)
-                payloads.append(item.payload)
-        vectors = strategy.encode(payloads) if payloads else []
-        for item in work:
-            if strategy.write(item, vectors[unique[item.digest]]):
-                result.ready.append(item.pk)
-
-
 class ImageStrategy(Strategy):
-    """Images: files opened through Django storage, decoded safely, bounded for the encoder."""
+    """Images: files opened through Django storage, decoded safely, bounded for the encoder,
+    encoded with the serving generation's encoder (``encoder``: a snapshot for the batch)."""
 
     noun = "image"
-    locks_contents = True
 
-    def __init__(self, storage: ImageStorage) -> None:
-        self.storage, self.model, self.encoder = storage, storage.model, get_encoder()
+    def __init__(self, storage: ImageStorage, encoder: Any = None) -> None:
+        self.storage, self.model = storage, storage.model
+        if encoder is None:  # a fresh reading per batch: a switch may have started seconds ago
+            serving.refresh(storage.model.objects.db)
+            encoder = serving_encoder(storage.model.objects.db)
+        self.encoder = encoder.snapshot()
 
     def read(self, pks: list, result: EmbedResult) -> list[Item]:
         storage = self.storage
@@ -199,16 +74,24 @@ class ImageStrategy(Strategy):
             item.status, item.has_vector = row.embedding_status, row.embedding is not None
             item.payload, item.stored_hash = data, row.embedding_hash
             items.append(item)
+        features.attach(self.encoder, items)
         return items
 
     def prepare(self, item: Item) -> Any:
         return decode_stored(item.payload)  # a batch holds BATCH_SIZE images of ≤ 1024 px
 
-    def derive(self, item: Item) -> Any:
-        return self.encoder.derive(item.stored, item.stored_model)
+    def hold(self, digests: set[str]) -> Any:
+        return content_locks(router.db_for_write(self.model), digests)
 
-    def encode(self, payloads: list) -> Any:
-        return self.encoder.encode_images(payloads)
+    def derive(self, item: Item) -> Any:
+        if item.digest == item.stored_hash and item.has_vector:
+            derived = self.encoder.derive(item.stored, item.stored_model)
+            if derived is not None:
+                return derived
+        return features.derive(self.encoder, item)
+
+    def encode(self, items: list[Item]) -> Any:
+        return features.encode(self.encoder, items)
 
     def write(self, item: Item, vector: Any) -> bool:
         vector = item.stored if vector is None else vector
@@ -223,6 +106,75 @@ class ImageStrategy(Strategy):
         super().finished(result)
 
 
+class GenerationStrategy(ImageStrategy):
+    """Images embedded for a building encoder generation: the vector of each content goes to
+    :class:`~visualsearch.models.EncodedVector` under the generation's model id; the serving
+    rows stay as they are. Stored base features or vectors are derived, not encoded."""
+
+    def __init__(self, storage: ImageStorage, encoder: Any, building: EncoderGeneration) -> None:
+        super().__init__(storage, encoder)
+        self.model, self.building = EncodedVector, building
+
+    def read(self, pks: list, result: EmbedResult) -> list[Item]:
+        items = super().read(pks, result)
+        model_id = self.encoder.model_id
+        for digest in features.lookup(model_id, (item.digest for item in items)):
+            for item in items:
+                if item.digest == digest:  # built already: the loop skips it
+                    item.stored_hash, item.stored_model, item.has_vector = digest, model_id, True
+                    item.status = EmbeddingStatus.READY
+        return items
+
+    def known(self, digests: set[str]) -> dict[str, Any]:
+        return features.lookup(self.encoder.model_id, digests)
+
+    def write(self, item: Item, vector: Any) -> bool:
+        if vector is not None:
+            features.store(self.encoder.model_id, [item.digest], l2_normalize([vector]))
+        return True
+
+    def fail(self, item: Item, reason: str, result: EmbedResult) -> None:
+        logger.warning("visualsearch: image %s failed for %s: %s", item.pk, self.encoder, reason)
+        result.failed[item.pk] = reason
+        if item.digest:
+            generation.note_failure(self.building.pk, item.digest, reason)
+
+    def finished(self, result: EmbedResult) -> None:
+        Strategy.finished(self, result)  # nothing served changed
+
+
+def build_generation(pks: list, encoder: Any, building: EncoderGeneration) -> EmbedResult:
+    """Embed the images ``pks`` for the ``building`` generation (``encoder`` is its)."""
+    return embed(GenerationStrategy(image_storage(), encoder, building), pks)
+
+
+@contextmanager
+def content_locks(using: str, digests: set[str]) -> Iterator[None]:
+    """One advisory lock per content hash (SHA-256, first 64 bits), taken in ascending order
+    so that two batches sharing contents cannot deadlock: a worker given content another one
+    is encoding waits for it, then reuses its vector. Session locks, released at the end,
+    outside any transaction: they hold no row, so saves never wait for them (inside a
+    caller's transaction, transaction locks)."""
+    keys = sorted(
+        int.from_bytes(bytes.fromhex(digest[:16]), "big", signed=True) for digest in digests
+    )
+    connection = connections[using]
+    scope = "_xact" if connection.in_atomic_block else ""
+    with connection.cursor() as cursor:
+        for key in keys:
+            cursor.execute(f"SELECT pg_advisory{scope}_lock(%s)", [key])
+    try:
+        yield
+    finally:
+        if not scope:
+            try:
+                with connection.cursor() as cursor:
+                    for key in keys:
+                        cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+            except DatabaseError:  # the connection is gone, and its locks with it
+                pass
+
+
 def embed_images(pks: Iterable, *, model: type | None = None, force: bool = False) -> EmbedResult:
     """Embed the images ``pks`` of the configured image model (``model``, when given, must
     be that model or its vector model: tasks name it).
@@ -230,11 +182,22 @@ def embed_images(pks: Iterable, *, model: type | None = None, force: bool = Fals
     Permanent problems (no file, missing file, undecodable data) mark the row ``failed`` with
     a reason. Transient ones (storage or database errors) raise, for the caller to retry.
     A row whose file was replaced while we worked is left to the task its save enqueued.
+    While another encoder generation builds (:mod:`visualsearch.ingest.switch`), the images
+    are embedded for it too, so that it covers what was saved during the switch.
     """
     storage = image_storage()
     if model is not None and model not in (storage.model, storage.image_model):
         raise ValueError(f"{model._meta.label} is not the configured image model.")
-    return embed(ImageStrategy(storage), pks, force=force)
+    pks = list(pks)
+    strategy = ImageStrategy(storage)
+    result = embed(strategy, pks, force=force)
+    configured = get_encoder()
+    if not serving.recorded(storage.model.objects.db):
+        generation.ensure_recorded(strategy.encoder)  # the encoder these vectors came from
+    started = generation.building()
+    if started is not None and started.model_id == configured.model_id != strategy.encoder.model_id:
+        build_generation(pks, configured, started)
+    return result
 
 
 def _add_missing_rows(storage: ImageStorage, pks: list) -> None:
@@ -248,30 +211,6 @@ def _add_missing_rows(storage: ImageStorage, pks: list) -> None:
             pk__in=[pk for pk in pks if pk not in have]
         ).values_list("pk", flat=True)
         storage.rows.bulk_create([storage.model(pk=pk) for pk in images], ignore_conflicts=True)
-
-
-def _lock_contents(using: str, digests: set[str]) -> None:
-    """Take a transaction-level advisory lock per content hash (SHA-256, first 64 bits),
-    in ascending order so that two batches sharing contents cannot deadlock."""
-    keys = sorted(
-        int.from_bytes(bytes.fromhex(digest[:16]), "big", signed=True) for digest in digests
-    )
-    with connections[using].cursor() as cursor:
-        for key in keys:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
-
-
-def _vectors_by_hash(model: type, digests: set[str], model_id: str) -> dict[str, np.ndarray]:
-    rows = (
-        model._base_manager.filter(
-            embedding_hash__in=digests,
-            embedding_model=model_id,
-            embedding_status=EmbeddingStatus.READY,
-        )
-        .exclude(embedding=None)
-        .values_list("embedding_hash", "embedding")
-    )
-    return {digest: vector for digest, vector in rows}
 
 
 def _write(model: type, pk, name: str, vector, digest: str, model_id: str) -> bool:
@@ -308,7 +247,7 @@ def _write(model: type, pk, name: str, vector, digest: str, model_id: str) -> bo
         cursor.execute(
             f"UPDATE {quote(model._meta.db_table)} SET embedding = %b, embedding_model = %s, "
             "embedding_hash = %s, embedding_status = %s, embedding_error = '', "
-            f"embedded_at = %s, embedding_updated_at = %s{source} "
+            f"embedded_at = %s, embedding_updated_at = %s, embedding_attempts = 0{source} "
             f"WHERE {quote(model._meta.pk.column)} = %s AND {still}",
             [
                 l2_normalize([vector])[0],  # unit: exact scans rank by <#>

@@ -24,14 +24,8 @@ from django.utils import timezone
 
 from visualsearch.conf import visualsearch_settings
 from visualsearch.encoders import get_text_encoder
-from visualsearch.ingest.pipeline import (
-    EmbedResult,
-    Item,
-    Strategy,
-    content_hash,
-    embed,
-    mark_stale,
-)
+from visualsearch.ingest.loop import EmbedResult, Item, Strategy, content_hash, embed
+from visualsearch.ingest.pipeline import mark_stale
 from visualsearch.models import EmbeddingStatus
 from visualsearch.storage.lookup import get_product_model, get_text_model
 
@@ -143,6 +137,7 @@ def sync_texts(product_pks: Iterable) -> list:
                 embedding_status=EmbeddingStatus.PENDING,
                 embedding_error="",
                 embedding_updated_at=now,
+                embedding_attempts=0,
             )
         )
     if not rows:
@@ -157,6 +152,7 @@ def sync_texts(product_pks: Iterable) -> list:
             "embedding_status",
             "embedding_error",
             "embedding_updated_at",
+            "embedding_attempts",
         ],
     )
     return [row.pk for row in rows]
@@ -195,8 +191,8 @@ class TextStrategy(Strategy):
             items.append(item)
         return items
 
-    def encode(self, payloads: list) -> Any:
-        return self.encoder.encode_texts(payloads)
+    def encode(self, items: list[Item]) -> Any:
+        return self.encoder.encode_texts([item.payload for item in items])
 
     def write(self, item: Item, vector: Any) -> bool:
         return _write(
@@ -232,6 +228,7 @@ def _write(model, pk, text_hash: str, parts, vector, digest: str, model_id: str)
         "embedding_status": EmbeddingStatus.READY,
         "embedding_error": "",
         "embedding_updated_at": now,
+        "embedding_attempts": 0,
     }
     if vector is not None:
         values["embedding"] = vector
