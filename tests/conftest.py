@@ -79,6 +79,20 @@ def ready_images(products: list, seed: int) -> np.ndarray:
     return vectors
 
 
+@pytest.fixture(autouse=True)
+def _fresh_serving_reading(monkeypatch):
+    """Each test reads the serving encoder generation anew (processes cache it for seconds).
+    A cut-over in the test process itself need not wait for other processes' readings
+    (``switch.GRACE``); in worker processes it does."""
+    from visualsearch.encoders import serving
+    from visualsearch.ingest import switch
+
+    monkeypatch.setattr(switch, "GRACE", 0.0)
+    serving.forget()
+    yield
+    serving.forget()
+
+
 @pytest.fixture
 def category(db):
     return Category.objects.create(name="Shirts", slug="shirts")

@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("DJANGO_DEBUG", "1")  # the shop's development settings (DEBUG off by default)
 
 from shop.settings import *  # noqa: E402,F403
 from shop.settings import VISUALSEARCH  # noqa: E402
@@ -27,6 +28,11 @@ VISUALSEARCH = {
     "TEXT_MODEL": None,
     "TEXT_BRIDGE": None,  # whatever VISUALSEARCH_TEXT_BRIDGE says (test_bridge.py sets its own)
 }
+# A worker started by a test may be given another encoder: {"ENCODER": …, "ENCODER_OPTIONS": …}.
+if os.environ.get("VISUALSEARCH_TEST_ENCODER"):
+    import json
+
+    VISUALSEARCH.update(json.loads(os.environ["VISUALSEARCH_TEST_ENCODER"]))
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # A separate name lets two test runs share one embedded server.
 DATABASES["default"]["TEST"] = {"NAME": os.environ.get("VISUALSEARCH_TEST_DB", "test_visualsearch")}  # noqa: F405

@@ -14,7 +14,7 @@ class VisualSearchConfig(AppConfig):
         from django.db.models.signals import post_delete, post_init, post_save, pre_save
 
         from visualsearch import checks  # noqa: F401  (registers the checks)
-        from visualsearch.ingest import tasks  # noqa: F401  (registers the Celery tasks)
+        from visualsearch.ingest import switch, tasks  # noqa: F401  (registers the Celery tasks)
         from visualsearch.ingest.handlers import (
             image_saved,
             invalidate_renderings,

@@ -48,11 +48,25 @@ DEFAULTS: dict[str, Any] = {
     # Largest accepted image, in pixels (decompression-bomb guard) and bytes.
     "MAX_IMAGE_PIXELS": 40_000_000,
     "MAX_IMAGE_BYTES": 20 * 1024 * 1024,
+    # Most pixels a search photo (an anonymous upload) is decoded at, so that one request
+    # costs bounded memory and CPU. JPEGs are decoded at a reduced scale and rarely reach
+    # it; other formats above it are refused (WebP and AVIF at a third of it).
+    "MAX_QUERY_PIXELS": 12_000_000,
     # Retries of transient failures (storage, database) in the embedding task.
     "TASK_MAX_RETRIES": 5,
     "TASK_RETRY_BACKOFF_MAX": 300,
+    # Embedding tasks started for a row's content before the row is marked `failed` ("Gave
+    # up after N attempts: …"), so that an image that kills the worker or makes the encoder
+    # raise is not sent again forever (a batch a worker died on twice is split, so that it
+    # fails alone). Other errors than transient ones are retried like them, at most
+    # TASK_MAX_RETRIES times; transient errors give their attempt back.
+    "TASK_MAX_ATTEMPTS": 5,
     # Rows left `pending` longer than this (seconds) are re-enqueued by the sweep.
     "SWEEP_PENDING_AFTER": 120,
+    # A new encoder (or a retrained projection) is built in the background while the previous
+    # one serves; it takes over once it has vectors for this share of the rows that have one
+    # (`manage.py visualsearch_switch --cut-over --force` takes over earlier).
+    "SWITCH_COVERAGE": 1.0,
     # Load the encoder when a worker process starts, so the first upload is not slow.
     "WARM_UP_WORKERS": True,
     # Celery queue for embedding tasks (None: the default queue).

@@ -427,6 +427,9 @@ class ImageOnlyEncoder(BaseEncoder):
 
 
 def test_text_search_without_text_tower_is_400_saying_why(client, catalog, settings):
+    from visualsearch.models import EncoderGeneration
+
+    EncoderGeneration.objects.all().delete()  # a shop that never served another encoder
     vary(settings, ENCODER="tests.api.test_api.ImageOnlyEncoder", ENCODER_OPTIONS={})
     response = client.get(TEXT_URL, {"q": "a red square"})
     assert response.status_code == 400, response.content

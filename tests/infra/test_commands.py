@@ -1,6 +1,7 @@
 """visualsearch_reindex and visualsearch_status, run like an operator would."""
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -58,22 +59,24 @@ def test_reindex_enqueue_sends_batches(make_product, broker):
     assert sorted(len(t["args"][2]) for t in queued_tasks(broker)) == [1, 2, 2]
 
 
-def test_new_encoder_model_marks_rows_stale_and_reindex_replaces_them(
+def test_a_new_encoder_keeps_serving_the_old_vectors_until_reindex_switches(
     make_product, settings, tmp_path
 ):
     product = make_product(images=2)
+    make_product(images=1)
     run("visualsearch_reindex", "--no-progress")
     old = {row.pk: np.asarray(row.embedding) for row in ProductImage.objects.all()}
     other = build_tiny_clip(tmp_path / "other-clip", projection_dim=32, image_size=32, seed=1)
     settings.VISUALSEARCH = {**settings.VISUALSEARCH, "ENCODER_OPTIONS": {"model": str(other)}}
     from visualsearch.query import similar_products
 
-    assert similar_products(product) == []  # old vectors are not served for the new model
-    out, _ = run("visualsearch_reindex", "--stale", "--no-progress")
-    assert "Marked 2 row(s)" in out and "Done: 2 embedded" in out
+    assert len(similar_products(product)) == 1  # the previous encoder serves meanwhile
+    out, _ = run("visualsearch_reindex", "--no-progress")
+    assert "keeps serving while clip:other-clip:" in out and "serves now" in out
     for row in ProductImage.objects.all():
         assert row.embedding_model.startswith("clip:other-clip:")
         assert not np.allclose(np.asarray(row.embedding), old[row.pk])
+    assert len(similar_products(product)) == 1
 
 
 def test_resize_after_switching_to_an_encoder_of_another_size(make_product, settings):
@@ -89,6 +92,58 @@ def test_resize_after_switching_to_an_encoder_of_another_size(make_product, sett
     assert "Resized the vector column to 1280" in out and "Done: 1 embedded" in out
     assert check_connection(connection) == []
     assert np.asarray(ProductImage.objects.get().embedding).shape == (1280,)
+
+
+def test_a_switch_to_another_size_without_resize_says_which_command(make_product, settings):
+    make_product(images=1)
+    run("visualsearch_reindex", "--no-progress")
+    settings.VISUALSEARCH = {
+        **settings.VISUALSEARCH,
+        "ENCODER": "visualsearch.encoders.efficientnet.EfficientNetLite0Encoder",
+        "ENCODER_OPTIONS": {},
+    }
+    with pytest.raises(CommandError, match="visualsearch_reindex --resize"):
+        run("visualsearch_reindex", "--no-progress")
+
+
+def test_resize_recreates_halfvec_and_filter_indexes_for_the_new_size(
+    make_product, settings, tmp_path
+):
+    """HNSW_HALFVEC indexes and partial filter indexes are on ``embedding::halfvec(n)``:
+    a resize that left them on the old size made every later write fail."""
+    product = make_product(images=1)
+    run("visualsearch_reindex", "--no-progress")
+    table = ProductImage._meta.db_table
+    category = product.category_id
+    comment = json.dumps({"visualsearch_filter": {"field": "category", "value": category}})
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # deferred FK checks block DDL
+        cursor.execute(
+            f"CREATE INDEX test_half_hnsw ON {table} USING hnsw "
+            "((embedding::halfvec(32)) halfvec_cosine_ops)"
+        )
+        cursor.execute(
+            f"CREATE INDEX test_half_filter ON {table} USING hnsw "
+            f"((embedding::halfvec(32)) halfvec_cosine_ops) WHERE category_id = {category}"
+        )
+        cursor.execute(f"COMMENT ON INDEX test_half_filter IS '{comment}'")
+    other = build_tiny_clip(tmp_path / "clip16", projection_dim=16, image_size=32)
+    settings.VISUALSEARCH = {**settings.VISUALSEARCH, "ENCODER_OPTIONS": {"model": str(other)}}
+    out, _ = run("visualsearch_reindex", "--resize", "--no-progress")
+    assert "Resized the vector column to 16" in out and "Done: 1 embedded" in out
+    assert ProductImage.objects.get().embedding_status == "ready"
+    make_product(color="blue", images=1)
+    out, _ = run("visualsearch_reindex", "--no-progress")
+    assert "Done: 1 embedded" in out and "0 failed" in out
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relname, pg_get_indexdef(oid), obj_description(oid, 'pg_class') FROM pg_class"
+            " WHERE relname IN ('test_half_hnsw', 'test_half_filter') ORDER BY relname"
+        )
+        rows = cursor.fetchall()
+    assert [row[0] for row in rows] == ["test_half_filter", "test_half_hnsw"]
+    assert all("halfvec(16)" in row[1] for row in rows)
+    assert rows[0][2] == comment
 
 
 def test_bad_batch_size():

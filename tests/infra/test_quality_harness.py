@@ -168,6 +168,9 @@ def test_holdout_queries_against_catalog_and_against_held_out_only(catalog):
 
 def test_evaluate_follows_the_active_encoder(catalog, settings):
     """Reusable after switching encoders: only vectors of the active model are queries."""
+    from visualsearch.models import EncoderGeneration
+
+    EncoderGeneration.objects.all().delete()  # no generation to keep serving: the new one is
     settings.VISUALSEARCH = {
         **settings.VISUALSEARCH,
         "ENCODER_OPTIONS": {"model": "another-clip", "dimensions": 32},
@@ -287,7 +290,9 @@ def test_command_line_imports_embeds_and_reports(transactional_db, tmp_path):
 
     done = run("--holdout-only", "0.5", "--seed", "0", "--adapt")  # train, switch, evaluate
     assert "Held-out precision@10 by category" in done.stdout
-    assert "Done: 0 embedded, 16 reused" in done.stdout  # derived from the stored base vectors
+    # Derived from the stored base vectors: the switch encodes nothing.
+    assert "(16 of 16 image(s) derived from stored vectors)" in done.stdout
+    assert "serves now" in done.stdout
     report = json.loads(output.read_text())
     assert "+adapted:" in report["encoder"]
     assert report["before_adaptation"]["encoder"] == report["adaptation"]["base_model"]

@@ -98,7 +98,8 @@ def test_switching_to_the_adapted_encoder_derives_vectors_without_encoding(
     model_id = get_encoder().model_id
     assert "+adapted:" in model_id
     out = run("visualsearch_reindex", "--no-progress")
-    assert "Marked 20 row(s)" in out and "Done: 0 embedded, 20 reused" in out
+    # The frozen vectors are the projection's input: all 20 derived, none encoded.
+    assert "(20 of 20 image(s) derived from stored vectors)" in out and "serves now" in out
     assert set(ProductImage.objects.values_list("embedding_model", flat=True)) == {model_id}
     product = ProductImage.objects.first().product
     results = similar_products(product, k=3)
@@ -122,10 +123,10 @@ def test_retraining_the_active_projection_marks_stale_and_re_embeds(
     run("visualsearch_reindex", "--no-progress")
     first = get_encoder().model_id
     out = run("visualsearch_adapt", "--seed", "3", "--reindex", "inline", *args)
-    assert "Encoding 20 image(s)" in out  # base features are re-read: stored ones are adapted
+    assert "Encoding" not in out  # the base features were kept: nothing is encoded again
     second = get_encoder().model_id  # the file changed: reloaded without a restart
     assert second != first
-    assert "20 image(s) marked stale" in out and "Done: 20 embedded" in out
+    assert "20 of 20 image(s) derived from stored features" in out and "serves now" in out
     assert set(ProductImage.objects.values_list("embedding_model", flat=True)) == {second}
     assert set(ProductImage.objects.values_list("embedding_status", flat=True)) == {
         EmbeddingStatus.READY

@@ -94,6 +94,9 @@ def test_search_by_text_uses_the_text_tower(catalog):
 
 
 def test_search_by_text_without_text_tower_is_a_clear_error(catalog, settings):
+    from visualsearch.models import EncoderGeneration
+
+    EncoderGeneration.objects.all().delete()  # a shop that never served another encoder
     settings.VISUALSEARCH = {
         **settings.VISUALSEARCH,
         "ENCODER": "visualsearch.encoders.efficientnet.EfficientNetLite0Encoder",

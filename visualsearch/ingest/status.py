@@ -46,6 +46,7 @@ class EmbeddingReport:
     by_model: list[ModelCounts]
     rows: list[dict[str, Any]]  # EmbeddingQuerySet.counts_by_status()
     failures: list = field(default_factory=list)  # most recently failed image rows
+    switch: Any = None  # visualsearch.ingest.switch.Progress while an encoder switch builds
 
     @property
     def total(self) -> int:
@@ -57,10 +58,11 @@ def embedding_report(model: type | None = None, *, failures: int = 5) -> Embeddi
 
     ``failures`` most recently failed rows come along, with their reasons.
     """
-    from visualsearch.encoders import get_encoder
+    from visualsearch.encoders.serving import serving_encoder
+    from visualsearch.ingest import switch
 
     model = model or image_storage().model
-    encoder = get_encoder()
+    encoder = serving_encoder(model.objects.db)
     rows = EmbeddingQuerySet(model).counts_by_status()
     by_status = {status.value: 0 for status in EmbeddingStatus}
     by_model: dict[str, ModelCounts] = {}
@@ -80,6 +82,7 @@ def embedding_report(model: type | None = None, *, failures: int = 5) -> Embeddi
         by_model=ordered,
         rows=rows,
         failures=recent_failures(model, failures) if by_status[EmbeddingStatus.FAILED] else [],
+        switch=switch.progress(),
     )
 
 

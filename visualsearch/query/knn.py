@@ -17,6 +17,7 @@ from django.db import connections, transaction
 from django.db.models import Avg, Func, Subquery, Value
 from django.db.models.functions import Cast
 from pgvector.django import CosineDistance, HalfVectorField, MaxInnerProduct
+from psycopg import sql as pgsql
 
 from visualsearch.conf import visualsearch_settings
 from visualsearch.encoders.base import l2_normalize
@@ -87,7 +88,7 @@ def nearest(
     shape = (
         db,
         model._meta.label,
-        model.embedding_encoder().model_id,
+        model.embedding_models(),
         model._meta.get_field("embedding").dimensions,
         bool(visualsearch_settings.HNSW_HALFVEC),
         "mean_of" in values,
@@ -278,28 +279,58 @@ def _run(
     even when it is prepared (a generic plan cannot use a partial index), and without
     sorting, which the planner would otherwise price below walking the small graph for a few
     thousand rows.
+
+    Inside a transaction of the caller's (``ATOMIC_REQUESTS``) ``SET LOCAL`` would last until
+    that transaction ends: there the settings are put back after the statement
+    (:func:`_run_in_savepoint`), so that later queries of the request plan as without it.
     """
+    connection = connections[db]
     if any(isinstance(param, np.ndarray) for param in params):
-        statements.vector_parameters(connections[db])
+        statements.vector_parameters(connection)
     if exact:
-        with connections[db].cursor() as cursor:
+        with connection.cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.fetchall()
     ef_setting = "FILTER_INDEX_EF_SEARCH" if partial else "HNSW_EF_SEARCH"
     ef_search = min(max(int(getattr(visualsearch_settings, ef_setting)), limit), 1000)
-    with transaction.atomic(using=db):
-        with connections[db].cursor() as cursor:
-            cursor.execute(
-                f"SET LOCAL hnsw.ef_search = {ef_search}; "
-                "SET LOCAL hnsw.iterative_scan = relaxed_order"
-                + (
-                    "; SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_sort = off"
-                    if partial
-                    else ""
-                )
-            )
+    settings = {"hnsw.ef_search": str(ef_search), "hnsw.iterative_scan": "relaxed_order"}
+    if partial:
+        settings |= {"plan_cache_mode": "force_custom_plan", "enable_sort": "off"}
+    if connection.get_autocommit():  # a transaction of its own: SET LOCAL ends with it
+        with transaction.atomic(using=db), connection.cursor() as cursor:
+            cursor.execute(_set_local(settings))
             cursor.execute(sql, params)
             return cursor.fetchall()
+    return _run_in_savepoint(connection, sql, params, settings)
+
+
+def _set_local(settings: dict[str, str]) -> str:
+    return "; ".join(f"SET LOCAL {name} = {value}" for name, value in settings.items())
+
+
+def _run_in_savepoint(connection: Any, sql: str, params: tuple, settings: dict) -> list[tuple]:
+    """:func:`_run` inside the caller's transaction (``ATOMIC_REQUESTS``): in a savepoint,
+    which ``SET LOCAL`` outlives, so the values read before go back after the statement, in
+    the round trip that releases the savepoint (as many round trips as a plain savepoint)."""
+    sid = transaction.savepoint(using=connection.alias)
+    try:
+        with connection.cursor() as cursor:
+            reads = ", ".join(f"current_setting('{name}', true)" for name in settings)
+            cursor.execute(f"SELECT {reads}; {_set_local(settings)}")  # the first result
+            previous = cursor.fetchone()
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+            put_back = pgsql.SQL(", ").join(
+                pgsql.SQL("set_config({}, {}, true)").format(pgsql.Literal(name), pgsql.Literal(v))
+                for name, v in zip(settings, previous, strict=True)
+            )  # None: back to the default, for a setting not defined before
+            release = pgsql.SQL(connection.ops.savepoint_commit_sql(sid))
+            statement = pgsql.SQL("SELECT {}; {}").format(put_back, release)
+            cursor.execute(statement.as_string(connection.connection))
+    except Exception:
+        transaction.savepoint_rollback(sid, using=connection.alias)
+        raise
+    return rows
 
 
 def _best_per_product(rows: list[tuple]) -> list[tuple]:

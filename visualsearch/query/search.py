@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 
 from visualsearch.conf import visualsearch_settings
-from visualsearch.encoders import get_encoder
 from visualsearch.encoders.base import l2_normalize
+from visualsearch.encoders.serving import refresh, retry_after_switch, serving_encoder, switching
 from visualsearch.ingest.images import open_query_image
 from visualsearch.query.knn import nearest, nearest_products
 
@@ -31,7 +31,9 @@ def similar_products(product: Any, k: int = 8, *, queryset: Any = None, **filter
     embedding.
     """
     pk = getattr(product, "pk", product)
-    return nearest(k, {"mean_of": pk, "exclude": pk}, queryset=queryset, **filters)
+    return retry_after_switch(
+        lambda: nearest(k, {"mean_of": pk, "exclude": pk}, queryset=queryset, **filters)
+    )
 
 
 def search_by_image(
@@ -80,7 +82,17 @@ def search(
     text = (text or "").strip()
     if image is None and not text:
         raise ValueError("Give a photo or a description to search with.")
-    encoder = get_encoder()
+    if image is not None and not isinstance(image, Image.Image):
+        image = open_query_image(image)
+    return retry_after_switch(lambda: _search(image, text, k, queryset, filters))
+
+
+def _search(image: Image.Image | None, text: str, k: int, queryset: Any, filters: dict) -> list:
+    """:func:`search` with the photo decoded, encoded by the serving generation's encoder
+    (read afresh during a switch: the photo must be in the space of the vectors served)."""
+    if switching():
+        refresh()
+    encoder = serving_encoder()
     hybrid = bool(text) and bool(visualsearch_settings.TEXT_MODEL)
     vectors = []
     text_vector = None
@@ -97,8 +109,6 @@ def search(
         text_vector = get_text_encoder().encode_texts([text])[0]
         vectors.append(bridge.apply(text_vector[None, :])[0])
     if image is not None:
-        if not isinstance(image, Image.Image):
-            image = open_query_image(image)
         vectors.append(encoder.encode_images([image])[0])
     query = l2_normalize(np.sum(np.stack(vectors), axis=0, keepdims=True))[0] if vectors else None
     if hybrid:

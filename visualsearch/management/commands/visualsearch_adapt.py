@@ -2,9 +2,12 @@
 
 Trains on the base encoder's features of every image whose product is not held out, reports
 precision@10 by label on the held-out products before and after, and writes the projection.
-When the configured encoder is the ``AdaptedEncoder`` reading that file, its model id changes
-with the new weights: stored vectors become ``stale`` and are re-embedded by the workers
-(``--reindex enqueue``, the default) or right here (``--reindex inline``).
+Base features are encoded once and kept (:mod:`visualsearch.ingest.features`): a retrain
+reads them back instead of encoding the catalog again. When the configured encoder is the
+``AdaptedEncoder`` reading that file, the new projection is a new encoder generation: it is
+applied to the stored features and takes over from the previous one without a gap in
+results (:mod:`visualsearch.ingest.switch`); images without stored features are embedded by
+the workers (``--reindex enqueue``, the default) or right here (``--reindex inline``).
 """
 
 from __future__ import annotations
@@ -14,16 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from visualsearch.conf import visualsearch_settings
 from visualsearch.encoders import get_encoder
 from visualsearch.encoders.adapted import AdaptedEncoder
+from visualsearch.ingest import features as stored_features
+from visualsearch.ingest import switch
 from visualsearch.ingest.images import InvalidImage, decode_stored, read_stored
-from visualsearch.ingest.pipeline import mark_stale
-from visualsearch.ingest.tasks import enqueue
+from visualsearch.ingest.loop import content_hash
+from visualsearch.ingest.tasks import cut_over, enqueue, enqueue_build
 from visualsearch.learning.adapt import (
     epoch_progress,
     is_held_out,
@@ -98,6 +102,7 @@ class Command(BaseCommand):
             base_model=base.model_id, label=options["label"], holdout=options["holdout"],
             split_seed=options["seed"], split_key=options["split_key"], **metrics,
         )  # fmt: skip
+        switch.sync()  # the serving projection is recorded before the file is replaced
         projection.save(out)
         self.stdout.write(self.style.SUCCESS(f"Wrote {out} ({metrics['trained_seconds']} s)."))
         self._activate(active, out, options)
@@ -110,15 +115,11 @@ class Command(BaseCommand):
         rows = list(
             model._base_manager.exclude(**{f"{label}__isnull": True})
             .order_by("pk")
-            .values_list("pk", product, key, label, "embedding_model", "embedding_status")
+            .values_list("pk", product, key, label, "embedding_hash")
         )
         if not rows:
             raise CommandError(f"No image has a product with a {options['label']!r} value.")
-        stored = dict(
-            model._base_manager.filter(
-                embedding_model=base.model_id, embedding_status=EmbeddingStatus.READY
-            ).values_list("pk", "embedding")
-        )
+        stored = self._stored(model, base, rows)
         missing = [row[0] for row in rows if row[0] not in stored]
         if missing:  # e.g. retraining while adapted vectors are active: encode with the base
             self.stdout.write(f"Encoding {len(missing)} image(s) with {base.model_id}.")
@@ -128,12 +129,29 @@ class Command(BaseCommand):
         held = np.array([is_held_out(row[2], options["holdout"], options["seed"]) for row in rows])
         return features, [str(row[3]) for row in rows], [row[1] for row in rows], held
 
+    def _stored(self, model: type, base: Any, rows: list) -> dict:
+        """``{pk: base features}`` already at hand: serving vectors of the base model (kept as
+        features too) and features kept by earlier runs and by the pipeline."""
+        served = model._base_manager.filter(
+            embedding_model=base.model_id, embedding_status=EmbeddingStatus.READY
+        ).values_list("pk", "embedding_hash", "embedding")
+        stored, by_hash = {}, {}
+        for pk, digest, vector in served:
+            stored[pk] = by_hash[digest] = np.asarray(vector, dtype=np.float32)
+        if by_hash:
+            stored_features.store(base.model_id, list(by_hash), list(by_hash.values()))
+        kept = stored_features.lookup(base.model_id, {row[4] for row in rows if row[4]})
+        for row in rows:
+            if row[0] not in stored and row[4] in kept:
+                stored[row[0]] = kept[row[4]]
+        return stored
+
     def _encode(self, storage: ImageStorage, base: Any, pks: list, options: dict) -> dict:
         vectors = {}
         field = visualsearch_settings.IMAGE_FIELD
         bar = tqdm(total=len(pks), unit="img", disable=options["no_progress"], file=self.stderr)
         for start in range(0, len(pks), visualsearch_settings.BATCH_SIZE):
-            batch, images = [], []
+            batch, images, digests = [], [], []
             for row in storage.with_images(
                 storage.rows.filter(pk__in=pks[start : start + visualsearch_settings.BATCH_SIZE])
             ):
@@ -141,10 +159,13 @@ class Command(BaseCommand):
                     data = read_stored(getattr(storage.image_of(row), field))
                     images.append(decode_stored(data))
                     batch.append(row.pk)
+                    digests.append(content_hash(data))
                 except (OSError, ValueError, InvalidImage):
                     continue  # unreadable images simply do not take part in training
             if images:
-                vectors.update(zip(batch, base.encode_images(images), strict=True))
+                encoded = base.encode_images(images)
+                stored_features.store(base.model_id, digests, encoded)  # kept for next time
+                vectors.update(zip(batch, encoded, strict=True))
             bar.update(min(visualsearch_settings.BATCH_SIZE, len(pks) - start))
         bar.close()
         return vectors
@@ -161,14 +182,24 @@ class Command(BaseCommand):
                 f"'projection': '{out}'}}; stored vectors then become stale and are re-embedded."
             )
             return
-        stale = mark_stale()
-        self.stdout.write(f"New model {active.model_id}: {stale} image(s) marked stale.")
+        started = switch.sync()
+        if started is None:
+            self.stdout.write(f"{active.model_id} serves (nothing to switch from).")
+            return
+        state = switch.progress()
+        self.stdout.write(
+            f"New model {started.model_id}: {state.covered} of {state.total} image(s) derived "
+            f"from stored features; {state.serving} serves until it takes over."
+        )
+        if options["reindex"] == "enqueue":
+            enqueue_build(started)
         if options["reindex"] == "inline":
-            call_command("visualsearch_reindex", "--stale", "--no-progress", stdout=self.stdout)
+            pending = switch.run_inline()
+            done = pending is not None
+            enqueue(image_storage().model, pending or [])
+        else:
+            done = cut_over()
+        if done:
+            self.stdout.write(f"{started.model_id} serves now.")
         elif options["reindex"] == "enqueue":
-            model = image_storage().model
-            pks = model._base_manager.filter(embedding_status=EmbeddingStatus.STALE).values_list(
-                "pk", flat=True
-            )
-            sent = enqueue(model, list(pks))
-            self.stdout.write(f"Enqueued {sent} image(s) for re-embedding.")
+            self.stdout.write("The workers embed the rest; it takes over when done.")

@@ -16,20 +16,21 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 from tqdm import tqdm
 
 from visualsearch.conf import visualsearch_settings
 from visualsearch.encoders import get_encoder, get_text_encoder
+from visualsearch.ingest import switch
 from visualsearch.ingest.pipeline import embed_images, mark_stale
-from visualsearch.ingest.tasks import enqueue
+from visualsearch.ingest.tasks import enqueue, enqueue_build
 from visualsearch.ingest.texts import embed_texts, mark_stale_texts, product_batches, sync_texts
 from visualsearch.models import EmbeddingStatus
 from visualsearch.storage.copies import sync_copies
 from visualsearch.storage.layout import ImageStorage, image_storage
 from visualsearch.storage.lookup import get_text_model
+from visualsearch.storage.resize import resize
 
 
 class Command(BaseCommand):
@@ -77,6 +78,7 @@ class Command(BaseCommand):
         model = storage.model
         if options["resize"]:
             self._resize(model, get_encoder().dimensions)
+        self._switch(options)
         added = storage.add_missing(limit=None)
         if added:
             self.stdout.write(f"Registered {len(added)} image(s) saved without a vector row.")
@@ -92,6 +94,25 @@ class Command(BaseCommand):
         pks = self._pks(model, options)
         self.stdout.write(f"{len(pks)} image(s) to embed with {get_encoder().model_id}.")
         self._embed(model, pks, embed_images, "image", batch_size, options)
+
+    def _switch(self, options: dict) -> None:
+        """A configured encoder that is not the serving one is built first, while the serving
+        one answers queries (inline here, or by the workers with ``--enqueue``)."""
+        started = switch.sync()
+        state = switch.progress()
+        if state is not None and state.note:
+            raise CommandError(state.note)
+        if started is None:
+            return
+        self.stdout.write(
+            f"Encoder switch: {state.serving} keeps serving while {started.model_id} is built "
+            f"({state.covered} of {state.total} image(s) derived from stored vectors)."
+        )
+        if options["enqueue"]:
+            enqueue_build(started)
+            self.stdout.write("The workers build the rest; it takes over when done.")
+        elif switch.run_inline() is not None:  # rows it lacks are pending: embedded below
+            self.stdout.write(f"{started.model_id} serves now.")
 
     def _texts(self, model: type, batch_size: int, options: dict) -> None:
         if options["resize"]:
@@ -111,7 +132,23 @@ class Command(BaseCommand):
         rows = self._select(model, options)
         if options["start_after"] is not None:
             rows = rows.filter(pk__gt=options["start_after"])
-        return list(rows.order_by("pk").values_list("pk", flat=True))
+        pks = list(rows.order_by("pk").values_list("pk", flat=True))
+        self._restart(model, pks, options)
+        return pks
+
+    def _restart(self, model: type, pks: list, options: dict) -> None:
+        """Give the rows to embed their attempts afresh (tasks give up at TASK_MAX_ATTEMPTS);
+        with ``--failed``, the failed ones become ``pending`` again, their error cleared."""
+        for start in range(0, len(pks), 10_000):
+            rows = model._base_manager.filter(pk__in=pks[start : start + 10_000])
+            if options["failed"]:
+                rows.filter(embedding_status=EmbeddingStatus.FAILED).update(
+                    embedding_status=EmbeddingStatus.PENDING,
+                    embedding_error="",
+                    embedding_attempts=0,
+                    embedding_updated_at=timezone.now(),
+                )
+            rows.filter(embedding_attempts__gt=0).update(embedding_attempts=0)
 
     def _embed(
         self, model: type, pks: list, embed: Any, unit: str, batch_size: int, options: dict
@@ -171,30 +208,7 @@ class Command(BaseCommand):
         return rows.filter(condition)
 
     def _resize(self, model: type, dimensions: int) -> None:
-        table = connection.ops.quote_name(model._meta.db_table)
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                # Deferred FK checks of earlier writes in this transaction block ALTER TABLE.
-                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-                # A new type resets the column's storage to the type's: keep PLAIN/MAIN.
-                cursor.execute(
-                    "SELECT attstorage FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-                    "AND attname = 'embedding'",
-                    [model._meta.db_table],
-                )
-                storage = {"p": "PLAIN", "m": "MAIN"}.get(cursor.fetchone()[0])
-                cursor.execute(
-                    f"ALTER TABLE {table} ALTER COLUMN embedding TYPE vector({int(dimensions)}) "
-                    "USING NULL"
-                )
-                if storage:
-                    cursor.execute(
-                        f"ALTER TABLE {table} ALTER COLUMN embedding SET STORAGE {storage}"
-                    )
-            count = model._base_manager.update(
-                embedding_status=EmbeddingStatus.PENDING,
-                embedding_model="",
-                embedding_hash="",
-                embedding_updated_at=timezone.now(),
-            )
+        count, warnings = resize(model, dimensions)
+        for warning in warnings:
+            self.stderr.write(self.style.WARNING(warning))
         self.stdout.write(f"Resized the vector column to {dimensions}; {count} row(s) to embed.")
