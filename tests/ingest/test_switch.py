@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -322,3 +323,20 @@ def test_the_admin_overview_shows_both_encoders_progress_and_eta(products, setti
     assert "Encoder switch" in html
     assert "<code>tests:colour:1</code>" in html and "<code>tests:colour:2</code>" in html
     assert "4 of 16 images" in html and "about " in html  # an ETA from the rate so far
+
+
+@pytest.mark.django_db
+def test_switching_back_to_an_earlier_encoder_starts_its_build_afresh(products, settings):
+    colour_settings(settings, seed=1)
+    embed_images(ProductImage.objects.values_list("pk", flat=True))
+    colour_settings(settings, seed=2)
+    first_build = switch.sync()
+    EncoderGeneration.objects.filter(pk=first_build.pk).update(
+        created_at=first_build.created_at - timedelta(days=1), failures={"abc": "broken"}
+    )
+    colour_settings(settings, seed=3)  # configured anew before seed 2 finished: retired
+    assert switch.sync().model_id == "tests:colour:3"
+    colour_settings(settings, seed=2)  # and back again
+    again = switch.sync()
+    assert again.pk == first_build.pk and again.failures == {}
+    assert again.created_at > first_build.created_at  # the grace and the ETA count from now

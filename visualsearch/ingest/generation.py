@@ -50,6 +50,10 @@ def record(encoder: Any, state: str) -> EncoderGeneration:
             "serving_since": now if state == GenerationState.SERVING else None,
             "retired_at": None,
             "note": "",
+            # A generation recorded again (a rollback to an earlier projection) starts afresh:
+            # the cut-over's grace and the ETA count from now, old failures are forgotten.
+            "created_at": now,
+            "failures": {},
         },
     )
     return generation
