@@ -252,6 +252,8 @@ def finish(site: Site, phase: dict, command: dict, args: argparse.Namespace) -> 
         phase["serving_s"] = round(serving[0][3] - command["started"], 2)
         phase["recorded_s"] = round(serving[0][2] - command["started"], 2)  # sync()
         phase["milestones"] = milestones(phase["timeline"], command["started"], serving[0][0])
+        built = phase["milestones"]["built_s"] or 0  # sampled every 0.5 s: may come late
+        phase["cut_over_s"] = round(max(0.0, phase["serving_s"] - built), 1)
     else:
         phase["serving_s"] = None  # the command ended and nothing new serves
         print(f"[{site.name}] {phase['phase']}: no new generation serves", flush=True)
@@ -336,9 +338,9 @@ def result(new: dict, old: dict | None, memory: dict) -> dict[str, Any]:
 
 def show(runs: dict) -> None:
     """The per-phase tables."""
-    columns = ["phase", "serving_s", "built_s", "copy_seen_s", "copy_last_seen_s", "none_stale_s"]
-    columns += ["queries", "empty", "errors", "similar_p50_ms", "similar_p95_ms", "image_p50_ms"]
-    columns += ["image_p95_ms"]
+    columns = ["phase", "serving_s", "built_s", "cut_over_s", "copy_seen_s", "copy_last_seen_s"]
+    columns += ["stale_s", "none_stale_s", "queries", "empty", "errors", "similar_p50_ms"]
+    columns += ["similar_p95_ms", "image_p50_ms", "image_p95_ms"]
     for side in ("new", "old"):
         if runs.get(side):
             rows = [

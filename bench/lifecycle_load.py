@@ -144,8 +144,8 @@ def main() -> None:
 @contextlib.contextmanager
 def watch(url: str, kept: bool, every: float = 0.5) -> Iterator[list]:
     """While the block runs, a thread samples the database at ``url`` every ``every`` s:
-    ``[wall time, rows by state, kept vectors by model, statements running]`` (other than
-    SELECTs); only samples that differ from the one before are kept."""
+    ``[first seen, last seen, rows by state, kept vectors by model, statements running]``
+    (other than SELECTs); a sample equal to the one before only moves its last-seen time."""
     import psycopg
 
     samples: list = []
@@ -157,8 +157,11 @@ def watch(url: str, kept: bool, every: float = 0.5) -> Iterator[list]:
                 sample = [dict(conn.execute(STATES).fetchall())]
                 sample.append(dict(conn.execute(KEPT).fetchall()) if kept else {})
                 sample.append(sorted(row[0] for row in conn.execute(ACTIVE).fetchall()))
-                if not samples or samples[-1][1:] != sample:
-                    samples.append([round(time.time(), 2), *sample])
+                now = round(time.time(), 2)
+                if samples and samples[-1][2:] == sample:
+                    samples[-1][1] = now
+                else:
+                    samples.append([now, now, *sample])
                 done.wait(every)
 
     thread = threading.Thread(target=poll, daemon=True)
@@ -174,17 +177,17 @@ def milestones(samples: list, started: float, model_id: str | None) -> dict[str,
     """Seconds from ``started`` until: ``model_id``'s vectors were all built, the cut-over's
     copy was first and last seen running, rows first went stale, none was stale again."""
 
-    def first(rows: list) -> float | None:
-        return round(rows[0][0] - started, 1) if rows else None
+    def first(rows: list, seen: int = 0) -> float | None:
+        return round(rows[0][seen] - started, 1) if rows else None
 
-    built = max((row[2].get(model_id, 0) for row in samples), default=0)
-    copy = [row for row in samples if any("AS t SET embedding" in q for q in row[3])]
-    stale = [row for row in samples if row[1].get("stale")]
-    after = [row for row in samples if stale and row[0] > stale[0][0] and not row[1].get("stale")]
+    built = max((row[3].get(model_id, 0) for row in samples), default=0)
+    copy = [row for row in samples if any("AS t SET embedding" in q for q in row[4])]
+    stale = [row for row in samples if row[2].get("stale")]
+    after = [row for row in samples if stale and row[0] > stale[0][0] and not row[2].get("stale")]
     return {
-        "built_s": first([row for row in samples if built and row[2].get(model_id) == built]),
+        "built_s": first([row for row in samples if built and row[3].get(model_id) == built]),
         "copy_seen_s": first(copy),
-        "copy_last_seen_s": first(copy[-1:]),
+        "copy_last_seen_s": first(copy[-1:], seen=1),
         "stale_s": first(stale),
         "none_stale_s": first(after),
     }
