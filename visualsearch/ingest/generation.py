@@ -30,11 +30,6 @@ def building() -> EncoderGeneration | None:
     return EncoderGeneration.objects.filter(state=GenerationState.BUILDING).first()
 
 
-def serving() -> EncoderGeneration | None:
-    """The recorded serving generation, if any."""
-    return EncoderGeneration.objects.filter(state=GenerationState.SERVING).first()
-
-
 def record(encoder: Any, state: str) -> EncoderGeneration:
     """Record ``encoder`` (the configured one) as a generation in ``state``, with options that
     rebuild it later (an adapted encoder's projection copied under its content hash)."""

@@ -118,11 +118,10 @@ class GenerationStrategy(ImageStrategy):
     def read(self, pks: list, result: EmbedResult) -> list[Item]:
         items = super().read(pks, result)
         model_id = self.encoder.model_id
-        for digest in features.lookup(model_id, (item.digest for item in items)):
-            for item in items:
-                if item.digest == digest:  # built already: the loop skips it
-                    item.stored_hash, item.stored_model, item.has_vector = digest, model_id, True
-                    item.status = EmbeddingStatus.READY
+        done = features.lookup(model_id, (item.digest for item in items))
+        for item in [item for item in items if item.digest in done]:  # the loop skips these
+            item.stored_hash, item.stored_model, item.has_vector = item.digest, model_id, True
+            item.status = EmbeddingStatus.READY
         return items
 
     def known(self, digests: set[str]) -> dict[str, Any]:

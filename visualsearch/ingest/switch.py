@@ -35,6 +35,8 @@ from visualsearch.models import EmbeddingStatus, EncodedVector, EncoderGeneratio
 from visualsearch.storage.layout import image_storage
 from visualsearch.web import cache
 
+__all__ = ["Progress", "building", "cut_over", "progress", "run_inline", "sync", "uncovered"]
+
 logger = logging.getLogger(__name__)
 
 #: Seconds from the start of a switch before it may cut over: longer than any process's
@@ -309,13 +311,3 @@ def run_inline(*, progress_every: int = 0, stdout: Any = None) -> list | None:
         if stdout is not None and progress_every and (start // size) % progress_every == 0:
             stdout.write(f"{min(start + size, len(pks))}/{len(pks)} built")
     return cut_over()
-
-
-def wait_for_cut_over(timeout: float, poll: float = 0.5) -> bool:
-    """Block until no generation is building (tests, the bench, ``--wait``)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if building() is None:
-            return True
-        time.sleep(poll)
-    return building() is None
