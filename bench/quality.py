@@ -4,6 +4,7 @@
     .venv/bin/python bench/quality.py CSV --encoder clip --k 10
     .venv/bin/python bench/quality.py CSV --holdout-only 0.2 --seed 0
     .venv/bin/python bench/quality.py CSV --limit 500 --database quality_smoke
+    .venv/bin/python bench/quality.py CSV --fusion off          # image vectors alone
 
 The CSV has the columns of ``../shared/data/fashion-products/products.csv`` (``id``, ``file``,
 ``productDisplayName``, ``articleType``, ``subCategory``, optionally ``masterCategory``…); any
@@ -27,6 +28,12 @@ folder with those columns works. The harness:
 The metrics are in :mod:`bench.search_quality.metrics`, the labels in
 :mod:`bench.search_quality.labels`.
 
+``--fusion`` (default: the demo shop's recipe, ``{"image": 0.5, "name": 0.5}``) evaluates the
+fused product vectors side by side with the image vectors alone (scopes ``image_only`` and
+``fused``), adds a sweep of the image weight over the stored parts (exact scans in numpy) and
+photo searches against the fused catalog (:mod:`bench.search_quality.fusion`), and writes
+``bench/results/quality-fused.json``; ``--fusion off`` measures the image vectors alone.
+
 ``--holdout-only FRACTION --seed S`` evaluates only the queries of a deterministic held-out
 subset (:func:`is_held_out`), against the full catalog and against the held-out products only.
 Prints a table and writes ``bench/results/quality-<encoder>[-holdout…][-n<limit>].json``.
@@ -38,6 +45,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import json
 import os
 import re
 import sys
@@ -54,6 +62,7 @@ if str(BASE_DIR) not in sys.path:
 
 from bench.common.results import RESULTS_DIR, write_json  # noqa: E402
 from bench.common.shop import setup_django  # noqa: E402
+from bench.search_quality.fusion import DEFAULT_FUSION, evaluate_fusion  # noqa: E402
 from bench.search_quality.labels import load_labels  # noqa: E402
 from bench.search_quality.metrics import average_precision, evaluate  # noqa: E402
 from bench.search_quality.report import format_table  # noqa: E402
@@ -81,6 +90,8 @@ def default_database(csv_path: Path, encoder: str, limit: int | None = None) -> 
 
 def default_output(encoder: str, args: argparse.Namespace) -> Path:
     name = f"quality-{encoder}"
+    if args.fusion != "off":
+        name = "quality-fused" if encoder == "efficientnet" else f"quality-{encoder}-fused"
     if args.holdout_only is not None:
         name += f"-holdout{args.holdout_only:g}-seed{args.seed}"
     if args.limit:
@@ -105,6 +116,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split (0)")
     parser.add_argument("--output", type=Path, help="JSON report (default: bench/results/…)")
     parser.add_argument(
+        "--fusion",
+        help="fused product vectors: a JSON recipe of weights, or off (default: the demo "
+        f"shop's, {DEFAULT_FUSION}, off with --holdout-only); evaluated side by side with the "
+        "image vectors alone",
+    )
+    parser.add_argument(
+        "--photo-queries", type=int, default=1000, help="photo searches evaluated (1000)"
+    )
+    parser.add_argument(
         "--adapt",
         action="store_true",
         help="then train the catalog projection on the non-held-out products (articleType), "
@@ -115,6 +135,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--k and --limit must be at least 1")
     if args.holdout_only is not None and not 0 < args.holdout_only <= 1:
         parser.error("--holdout-only must be in (0, 1]")
+    if args.fusion is None:
+        args.fusion = "off" if args.holdout_only is not None else DEFAULT_FUSION
+    if args.fusion != "off":
+        try:
+            json.loads(args.fusion)
+        except ValueError as exc:
+            parser.error(f"--fusion: not JSON ({exc})")
+        if args.adapt or args.holdout_only is not None:
+            parser.error("--fusion is evaluated on the whole catalog: add --fusion off")
     if args.adapt and args.holdout_only is None:
         parser.error("--adapt needs --holdout-only FRACTION (the products kept out of training)")
     if args.database and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", args.database):
@@ -135,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Read by shop/settings.py when django.setup() imports it.
     os.environ["VISUALSEARCH_DB_NAME"] = database
     os.environ["VISUALSEARCH_ENCODER"] = args.encoder
+    os.environ["VISUALSEARCH_FUSION"] = args.fusion
     os.environ.setdefault("MEDIA_ROOT", str(BASE_DIR / "media" / "quality" / database))
     setup_django()
     from django.conf import settings
@@ -169,7 +199,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     holdout = None
     if args.holdout_only is not None:
         holdout = {eid for eid in labels if is_held_out(eid, args.holdout_only, args.seed)}
-    report = evaluate(products.order_by("pk"), labels, args.k, holdout=holdout)
+    if args.fusion != "off":
+        report = evaluate_fusion(products.order_by("pk"), labels, args, timings)
+    else:
+        report = evaluate(products.order_by("pk"), labels, args.k, holdout=holdout)
     timings["evaluate_s"], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
     if args.adapt:
         print(format_table(report))

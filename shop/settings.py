@@ -15,9 +15,11 @@ with the catalog projection at ``VISUALSEARCH_PROJECTION`` — or ``clip``) with
 ``VISUALSEARCH_CLIP_MODEL`` (a hub name or a local sentence-transformers directory), the
 search API's rate per client ``VISUALSEARCH_API_THROTTLE_RATE`` (DRF's ``N/period``, default
 ``120/minute``), and ``VISUALSEARCH_TEXT_BRIDGE``, a text → image bridge file from
-``manage.py visualsearch_bridge`` (used once it exists; unset: no bridge).
+``manage.py visualsearch_bridge`` (used once it exists; unset: no bridge), and
+``VISUALSEARCH_FUSION``, the fused vectors' recipe (JSON weights, or ``off``).
 """
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -282,6 +284,12 @@ VISUALSEARCH = {
         "max_price": "price__lte",
     },
 }
+# Fused product vectors (each product's photo and name in one vector): similar products,
+# photo search and recommendations rank by them. VISUALSEARCH_FUSION: a JSON recipe of
+# weights, or "off" for image vectors only. The name only: the demo catalog's descriptions
+# are made of its label columns, which bench/quality.py scores against.
+_fusion = os.environ.get("VISUALSEARCH_FUSION", '{"image": 0.5, "name": 0.5}')
+VISUALSEARCH["FUSION"] = None if _fusion == "off" else json.loads(_fusion)
 # Requests per client (user, else address) the search API answers; raised for load tests.
 if os.environ.get("VISUALSEARCH_API_THROTTLE_RATE"):
     VISUALSEARCH["API_THROTTLE_RATE"] = os.environ["VISUALSEARCH_API_THROTTLE_RATE"]

@@ -27,6 +27,7 @@ VISUALSEARCH = {
     # so that other tests see only their own queries and tasks.
     "TEXT_MODEL": None,
     "TEXT_BRIDGE": None,  # whatever VISUALSEARCH_TEXT_BRIDGE says (test_bridge.py sets its own)
+    "FUSION": None,  # fused vectors need text search: tests/ingest/test_fusion.py
 }
 # A worker started by a test may be given another encoder: {"ENCODER": …, "ENCODER_OPTIONS": …}.
 if os.environ.get("VISUALSEARCH_TEST_ENCODER"):

@@ -16,6 +16,7 @@ class VisualSearchConfig(AppConfig):
         from visualsearch import checks  # noqa: F401  (registers the checks)
         from visualsearch.ingest import switch, tasks  # noqa: F401  (registers the Celery tasks)
         from visualsearch.ingest.handlers import (
+            image_deleted,
             image_saved,
             invalidate_renderings,
             product_saved,
@@ -32,6 +33,7 @@ class VisualSearchConfig(AppConfig):
             return  # reported by system check visualsearch.E005
         post_init.connect(remember_file, sender=model, dispatch_uid="visualsearch.remember_file")
         post_save.connect(image_saved, sender=model, dispatch_uid="visualsearch.image_saved")
+        post_delete.connect(image_deleted, sender=model, dispatch_uid="visualsearch.image_deleted")
         # Text search (VISUALSEARCH["TEXT_MODEL"]): the handler returns at once while it is off.
         post_save.connect(
             product_saved, sender=product_model, dispatch_uid="visualsearch.product_saved"

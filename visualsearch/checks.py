@@ -29,10 +29,11 @@ def _version(text: str) -> tuple[int, ...]:
 
 @register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
-    """E005: image model, product field, FILTERS, copies, encoders and the text bridge
-    resolve; W001: a broker is set."""
+    """E005: image model, product field, FILTERS, copies, encoders, the text bridge and the
+    fusion recipe resolve; W001: a broker is set."""
     from visualsearch.encoders import get_encoder
     from visualsearch.encoders.bridge import check_settings as check_bridge_settings
+    from visualsearch.ingest.fusion import check_settings as check_fusion_settings
     from visualsearch.query.filters import get_filters
     from visualsearch.query.recommend import check_settings as check_recommend_settings
     from visualsearch.storage.copies import copied_fields
@@ -53,6 +54,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
         check_text_settings()
         check_recommend_settings()
         check_bridge_settings()
+        check_fusion_settings()
     except ImproperlyConfigured as exc:
         messages.append(
             Error(

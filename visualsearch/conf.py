@@ -142,6 +142,17 @@ DEFAULTS: dict[str, Any] = {
     # With an image encoder that has no text tower, text search then also ranks the photos
     # by the bridged vector of the description (fused like a photo's ranking).
     "TEXT_BRIDGE": None,
+    # Fused product vectors (needs TEXT_MODEL): a product's mean image vector and the text
+    # encoder's vectors of some of its TEXT_FIELDS side by side, so that their cosine
+    # similarity is the weighted mean of the parts' similarities. {"image": weight, field
+    # path: weight, ...}, for example {"image": 0.5, "name": 0.5}; None: off (images only).
+    # Kept up to date by the workers whenever a product's images or words change.
+    "FUSION": None,
+    # Surfaces that rank by the fused vectors while FUSION is set (the others, and products
+    # whose fused vector is not ready yet, rank by the image vectors): "similar" (similar
+    # products), "photo" (search by image; the photo's text part is borrowed from its nearest
+    # products) and "recommend" (recommended for you).
+    "FUSED_SURFACES": ["similar", "photo", "recommend"],
 }
 
 # Settings that hold dotted paths, resolved on access under the name with "_CLASS" appended.

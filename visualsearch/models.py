@@ -245,6 +245,27 @@ class EmbeddedText(EmbeddingRecord):
         "indexed text hash", max_length=64, blank=True, default="", editable=False
     )
     search_vector = SearchVectorField("full-text search vector", null=True, editable=False)
+    # The product's fused vector (visualsearch.ingest.fusion, setting FUSION): its image and
+    # text parts side by side, any length (the HNSW index casts it to the recipe's size).
+    fused_embedding = VectorField("fused vector", null=True, blank=True, editable=False)
+    fused_model = models.CharField(
+        "fusion recipe", max_length=200, blank=True, default="", editable=False
+    )
+    fused_hash = models.CharField(
+        "fused inputs hash", max_length=64, blank=True, default="", editable=False
+    )
+    fused_status = models.CharField(
+        "fused vector status",
+        max_length=16,
+        choices=EmbeddingStatus.choices,
+        default=EmbeddingStatus.PENDING,
+        editable=False,
+    )
+    fused_error = models.TextField("fused vector error", blank=True, default="", editable=False)
+    # Set whenever the inputs change: a fused vector is written only if it still holds.
+    fused_updated_at = models.DateTimeField(
+        "fused vector status changed", default=timezone.now, editable=False
+    )
 
     class Meta:
         abstract = True
@@ -258,6 +279,7 @@ class EmbeddedText(EmbeddingRecord):
             ),
             GinIndex(fields=["search_vector"], name="%(class)s_fts"),
             models.Index(fields=["embedding_status", "embedding_model"], name="%(class)s_vs_st"),
+            models.Index(fields=["fused_status", "fused_model"], name="%(class)s_vs_fu"),
         ]
 
     @classmethod

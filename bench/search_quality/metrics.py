@@ -132,9 +132,12 @@ def _evaluate_scope(
 ) -> dict[str, Any]:
     """Every query once through similar_products, an exact scan and the self-match check."""
     from visualsearch.encoders.base import l2_normalize
-    from visualsearch.query import nearest_products, similar_products
+    from visualsearch.ingest import fusion
+    from visualsearch.query import fused, nearest_products, similar_products
 
     filters = dict(filters or {})
+    current = fusion.serves("similar")
+    fused_vectors = {} if current is None else fused.product_vectors(pool, current)
 
     def label(external_id: Any, level: str) -> str | None:
         return labels.get(str(external_id), {}).get(level)
@@ -165,7 +168,11 @@ def _evaluate_scope(
                 aps.append(average_precision(relevant, k, others))
         own = vectors[product.pk]
         query = l2_normalize(np.mean(np.stack(own), axis=0, keepdims=True))[0]
-        exact = nearest_products(query, k, exclude=product, exact=True, **filters)
+        fused_vector = None if current is None else fused_vectors.get(product.pk)
+        if fused_vector is not None:  # similar_products ranked by the fused vectors
+            exact = fused.nearest(fused_vector, k, current, exclude=[product.pk], exact=True)
+        else:
+            exact = nearest_products(query, k, exclude=product, exact=True, **filters)
         if exact:
             found = {result.pk for result in results} & {result.pk for result in exact}
             recalls.append(len(found) / len(exact))

@@ -267,7 +267,7 @@ def test_command_line_imports_embeds_and_reports(transactional_db, tmp_path):
         assert done.returncode == 0, done.stdout + done.stderr
         return done
 
-    done = run()
+    done = run("--fusion", "off")  # the image vectors alone
     assert "DATABASE_URL is set" in done.stdout
     assert "16 image(s) to embed" in done.stdout
     assert "precision@3 articleType" in done.stdout and "mAP@3 articleType" in done.stdout
@@ -287,6 +287,17 @@ def test_command_line_imports_embeds_and_reports(transactional_db, tmp_path):
     held = sum(quality.is_held_out(str(n), 0.5, 0) for n in range(16))
     assert report["held_out_products"] == report["scopes"]["heldout_vs_heldout"]["queries"] == held
     assert Product.objects.count() == 16
+
+    done = run("--photo-queries", "5")  # the default: fused vectors beside the image vectors
+    assert "16 fused vector(s) to build" in done.stdout, done.stdout
+    report = json.loads(output.read_text())
+    assert set(report["scopes"]) == {"image_only", "fused"}
+    assert report["scopes"]["image_only"]["queries"] == report["scopes"]["fused"]["queries"] == 16
+    fusion = report["fusion"]
+    assert fusion["recipe"] == {"image": 0.5, "name": 0.5} and fusion["uses_label_columns"] is False
+    assert fusion["products_with_fused_vector"] == 16 and fusion["dimensions"] == 32 + 384
+    assert [row["image_weight"] for row in fusion["weight_sweep_exact"]][:2] == [1.0, 0.9]
+    assert fusion["photo_search"]["queries"] == 5
 
     done = run("--holdout-only", "0.5", "--seed", "0", "--adapt")  # train, switch, evaluate
     assert "Held-out precision@10 by category" in done.stdout

@@ -92,6 +92,23 @@ def product_saved(
         schedule(model, pk)
 
 
+def image_deleted(sender: type, instance: Any, **kwargs: Any) -> None:
+    """``post_delete`` of images: with ``FUSION`` on, the product's fused vector loses that
+    image; it is marked ``pending`` now and rebuilt after commit."""
+    if visualsearch_settings.FUSION is None:
+        return
+    from visualsearch.ingest.fusion import mark_pending
+
+    product = getattr(instance, visualsearch_settings.PRODUCT_FIELD + "_id", None)
+    pks = mark_pending([product]) if product is not None else []
+    if pks and not getattr(_deferred, "depth", 0):
+        from visualsearch.ingest.tasks import enqueue_fused
+
+        transaction.on_commit(
+            lambda: enqueue_fused(pks), using=router.db_for_write(sender), robust=True
+        )
+
+
 def schedule(model: type, pk: Any) -> None:
     """Enqueue ``pk`` once the current transaction commits, in one batch with its other saves.
 

@@ -23,6 +23,7 @@ from django.db.models.functions import Cast, Coalesce, Concat, NullIf
 from django.utils import timezone
 
 from visualsearch.conf import visualsearch_settings
+from visualsearch.ingest import fusion
 from visualsearch.models import EmbeddingStatus
 from visualsearch.storage.layout import image_storage
 from visualsearch.storage.lookup import get_text_model
@@ -43,7 +44,9 @@ def embed_images_task(self, app_label: str, model_name: str, pks: list, force: b
     """Embed the given image rows; retry transient failures with exponential backoff."""
     from visualsearch.ingest.pipeline import embed_images
 
-    return _run(self, embed_images, app_label, model_name, pks, force)
+    outcome = _run(self, embed_images, app_label, model_name, pks, force)
+    enqueue_fused(fusion.images_changed(pks))  # their products' fused vectors (FUSION)
+    return outcome
 
 
 @shared_task(bind=True, name="visualsearch.embed_texts", acks_late=True, ignore_result=True)
@@ -51,7 +54,42 @@ def embed_texts_task(self, app_label: str, model_name: str, pks: list, force: bo
     """Embed the given product-text rows; retries like :func:`embed_images_task`."""
     from visualsearch.ingest.texts import embed_texts
 
-    return _run(self, embed_texts, app_label, model_name, pks, force)
+    outcome = _run(self, embed_texts, app_label, model_name, pks, force)
+    if visualsearch_settings.FUSION is not None:  # the words changed: the fused vectors too
+        outcome += (
+            f"; fused: {fusion.embed_fused(pks, model=apps.get_model(app_label, model_name))}"
+        )
+    return outcome
+
+
+@shared_task(bind=True, name="visualsearch.embed_fused", acks_late=True, ignore_result=True)
+def embed_fused_task(self, pks: list) -> str:
+    """Build the fused vectors of the product-text rows ``pks``
+    (:func:`visualsearch.ingest.fusion.embed_fused`); transient errors are retried with
+    backoff, and rows left ``pending`` by a lost task are sent again by the sweep."""
+    try:
+        return str(fusion.embed_fused(pks))
+    except TRANSIENT_ERRORS as exc:
+        max_retries = visualsearch_settings.TASK_MAX_RETRIES
+        if self.request.retries >= max_retries:
+            raise
+        raise self.retry(exc=exc, countdown=_backoff(self), max_retries=max_retries) from exc
+
+
+def enqueue_fused(pks: list) -> int:
+    """Send fused-vector tasks for the product-text rows ``pks``, in batches; a broker that
+    cannot be reached leaves them ``pending`` for the sweep. Returns how many were sent."""
+    batch_size, sent = visualsearch_settings.BATCH_SIZE, 0
+    for start in range(0, len(pks), batch_size):
+        try:
+            embed_fused_task.apply_async(
+                args=(pks[start : start + batch_size],), queue=visualsearch_settings.QUEUE
+            )
+        except Exception as exc:  # kombu raises several types when the broker is down
+            logger.error("visualsearch: could not enqueue fused vectors, they wait: %s", exc)
+            break
+        sent += len(pks[start : start + batch_size])
+    return sent
 
 
 def _run(task, embed, app_label: str, model_name: str, pks: list, force: bool) -> str:
@@ -228,7 +266,13 @@ def sweep_pending() -> int:
         for start in range(0, len(missing), 1000):
             new += sync_texts(missing[start : start + 1000])
         sent += enqueue(text_model, new + _left_over(text_model))
+        fusion.mark_stale()  # after an encoder switch or a new recipe
+        sent += enqueue_fused(fusion.waiting(older_than=_sweep_cutoff()))
     return sent
+
+
+def _sweep_cutoff() -> object:
+    return timezone.now() - timedelta(seconds=visualsearch_settings.SWEEP_PENDING_AFTER)
 
 
 def _left_over(model: type) -> list:

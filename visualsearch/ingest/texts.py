@@ -138,6 +138,8 @@ def sync_texts(product_pks: Iterable) -> list:
                 embedding_error="",
                 embedding_updated_at=now,
                 embedding_attempts=0,
+                fused_status=EmbeddingStatus.PENDING,  # FUSION: the fused vector follows
+                fused_updated_at=now,
             )
         )
     if not rows:
@@ -153,6 +155,8 @@ def sync_texts(product_pks: Iterable) -> list:
             "embedding_error",
             "embedding_updated_at",
             "embedding_attempts",
+            "fused_status",
+            "fused_updated_at",
         ],
     )
     return [row.pk for row in rows]

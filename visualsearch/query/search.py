@@ -17,7 +17,10 @@ from PIL import Image
 from visualsearch.conf import visualsearch_settings
 from visualsearch.encoders.base import l2_normalize
 from visualsearch.encoders.serving import refresh, retry_after_switch, serving_encoder, switching
+from visualsearch.ingest import fusion
 from visualsearch.ingest.images import open_query_image
+from visualsearch.query.fused import nearest as fused_nearest
+from visualsearch.query.fused import photo_vector, product_vectors
 from visualsearch.query.knn import nearest, nearest_products
 
 
@@ -31,6 +34,11 @@ def similar_products(product: Any, k: int = 8, *, queryset: Any = None, **filter
     embedding.
     """
     pk = getattr(product, "pk", product)
+    current = fusion.serves("similar")
+    if current is not None:  # the product's fused vector, once it is ready
+        vector = product_vectors([pk], current).get(pk)
+        if vector is not None:
+            return fused_nearest(vector, k, current, exclude=[pk], queryset=queryset, **filters)
     return retry_after_switch(
         lambda: nearest(k, {"mean_of": pk, "exclude": pk}, queryset=queryset, **filters)
     )
@@ -110,6 +118,12 @@ def _search(image: Image.Image | None, text: str, k: int, queryset: Any, filters
         vectors.append(bridge.apply(text_vector[None, :])[0])
     if image is not None:
         vectors.append(encoder.encode_images([image])[0])
+        current = None if text else fusion.serves("photo")
+        if current is not None:  # the photo against the fused vectors
+            query = photo_vector(vectors[-1], current, **filters)
+            found = fused_nearest(query, k, current, queryset=queryset, **filters)
+            if found:
+                return found
     query = l2_normalize(np.sum(np.stack(vectors), axis=0, keepdims=True))[0] if vectors else None
     if hybrid:
         from visualsearch.query.hybrid import hybrid_search

@@ -22,11 +22,12 @@ from tqdm import tqdm
 
 from visualsearch.conf import visualsearch_settings
 from visualsearch.encoders import get_encoder, get_text_encoder
-from visualsearch.ingest import switch
+from visualsearch.ingest import fusion, switch
 from visualsearch.ingest.pipeline import embed_images, mark_stale
 from visualsearch.ingest.tasks import enqueue, enqueue_build
 from visualsearch.ingest.texts import embed_texts, mark_stale_texts, product_batches, sync_texts
 from visualsearch.models import EmbeddingStatus
+from visualsearch.query import fused
 from visualsearch.storage.copies import sync_copies
 from visualsearch.storage.layout import ImageStorage, image_storage
 from visualsearch.storage.lookup import get_text_model
@@ -127,6 +128,29 @@ class Command(BaseCommand):
         model_id = get_text_encoder().model_id
         self.stdout.write(f"{len(pks)} product text(s) to embed with {model_id}.")
         self._embed(model, pks, embed_texts, "text", batch_size, options)
+        self._fused(model, batch_size, options)
+
+    def _fused(self, model: type, batch_size: int, options: dict) -> None:
+        """The fused product vectors (``FUSION``): their index, then the waiting ones."""
+        current = fusion.recipe()
+        if current is None:
+            return
+        index = fused.ensure_index()
+        stale = fusion.mark_stale()
+        if options["all"]:
+            fusion.mark_pending(model._base_manager.values_list(self._product_field, flat=True))
+        elif stale:
+            self.stdout.write(f"Marked {stale} fused vector(s) of another recipe as stale.")
+        pks = fusion.waiting()
+        self.stdout.write(
+            f"{len(pks)} fused vector(s) to build ({current.model_id}, "
+            f"{current.dimensions} dimensions, index {index})."
+        )
+        self._embed(model, pks, fusion.embed_fused, "fused vector", batch_size, options)
+
+    @property
+    def _product_field(self) -> str:
+        return visualsearch_settings.PRODUCT_FIELD
 
     def _pks(self, model: type, options: dict) -> list:
         rows = self._select(model, options)
