@@ -276,3 +276,22 @@ def check_storage(connection: Any) -> list:
             )
         )
     return messages
+
+
+@register()
+def check_relevance_cutoff(app_configs: Any = None, **kwargs: Any) -> list:
+    """E005: ``RELEVANCE_CUTOFF`` is None or a cut-off :mod:`visualsearch.query.cutoff` reads
+    (else every search request would fail)."""
+    from visualsearch.query.cutoff import configured_cutoff
+
+    try:
+        configured_cutoff()
+    except ImproperlyConfigured as exc:
+        return [
+            Error(
+                str(exc),
+                hint="See RELEVANCE_CUTOFF in the settings reference (docs/settings.md).",
+                id="visualsearch.E005",
+            )
+        ]
+    return []

@@ -96,6 +96,16 @@ DEFAULTS: dict[str, Any] = {
     # Query parameters accepted as filters by the API: {param: product lookup}, for example
     # {"category": "category__slug", "in_stock": "in_stock", "max_price": "price__lte"}.
     "FILTERS": {},
+    # Relevance cut-off (visualsearch.query.cutoff): end each result list of the API and the
+    # similar-products widget where its scores fall away from its top hit, instead of always
+    # showing `limit` results. None: off. A ratio such as 0.94 (keep what scores at least
+    # 0.94 x the top hit's similarity; "on" means that, as measured by bench/cutoff.py),
+    # "rule:value" ("ratio:0.94", "gap:2" cut at the largest drop if it is 2+ standard
+    # deviations of the list's scores, "stddev:1.5" keep what is within 1.5 standard
+    # deviations of the top), or a dict {"rule": …, "value": …, "min_results": …}. Every rule
+    # keeps at least min_results (default 3). The API's `cutoff` parameter and the tag's
+    # `cutoff=` override it per request.
+    "RELEVANCE_CUTOFF": None,
     # REST API (visualsearch.api): results per request, permissions and throttling.
     "API_DEFAULT_LIMIT": 12,
     "API_MAX_LIMIT": 50,

@@ -494,7 +494,8 @@ def test_schema_is_valid_openapi_and_follows_the_settings(client, settings):
     validate_schema(schema)
     similar = schema["paths"]["/api/products/{id}/similar/"]["get"]
     params = {p["name"]: p for p in similar["parameters"]}
-    assert set(params) == {"id", "limit", "category", "in_stock", "min_price", "max_price"}
+    filters = {"category", "in_stock", "min_price", "max_price"}
+    assert set(params) == {"id", "limit", "cutoff", *filters}
     assert params["id"]["schema"]["type"] == "integer"
     assert params["in_stock"]["schema"]["type"] == "boolean"
     assert params["max_price"]["schema"]["type"] == "number"
@@ -514,7 +515,7 @@ def test_schema_is_valid_openapi_and_follows_the_settings(client, settings):
     vary(settings, FILTERS={})
     schema = client.get("/api/schema/", {"format": "json"}).json()
     similar = schema["paths"]["/api/products/{id}/similar/"]["get"]
-    assert {p["name"] for p in similar["parameters"]} == {"id", "limit"}
+    assert {p["name"] for p in similar["parameters"]} == {"id", "limit", "cutoff"}
 
 
 def test_docs_page_renders_from_local_assets(client):

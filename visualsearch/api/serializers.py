@@ -15,6 +15,7 @@ from rest_framework import serializers
 
 from visualsearch.conf import visualsearch_settings
 from visualsearch.ingest.images import MIN_CROP_SIDE
+from visualsearch.query.cutoff import FORMS, InvalidCutoff, configured_cutoff, resolve_cutoff
 from visualsearch.query.filters import LIST_LOOKUPS, Filter, InvalidFilter, get_filters
 from visualsearch.web.display import product_name, product_price, product_url, thumbnail_url
 
@@ -81,6 +82,40 @@ class SearchParamsSerializer(serializers.Serializer):
         return attrs
 
 
+@extend_schema_field({"type": "string", "maxLength": 50, "example": "0.94"})
+class CutoffField(serializers.Field):
+    """The ``cutoff`` parameter: a :class:`visualsearch.query.cutoff.Cutoff`, or None for off;
+    absent or blank, the ``RELEVANCE_CUTOFF`` setting."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("default", configured_cutoff)  # called per request: settings may change
+        kwargs.setdefault(
+            "help_text",
+            f"End the list where scores fall away from the top hit: {FORMS}. `on`: the "
+            "shop's setting, else a ratio of 0.94. Absent: the `RELEVANCE_CUTOFF` setting "
+            "(off unless the shop sets it). At least 3 results are kept.",
+        )
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str) or "\x00" in data or len(data) > 50:
+            raise serializers.ValidationError(f"A cut-off is {FORMS}.")
+        try:
+            return resolve_cutoff(data)
+        except InvalidCutoff as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+    def to_representation(self, value: Any) -> Any:
+        return "off" if value is None else str(value)
+
+
+class CutoffParamsSerializer(SearchParamsSerializer):
+    """How many results, the product filters, and where to cut the list (``cutoff``)."""
+
+    cutoff = CutoffField()
+
+
 #: What CharField accepts: no NUL character (and, for a query, not only white space).
 NO_NUL = r"^[^\u0000]*$"
 NOT_BLANK = r"^[^\u0000]*[^\u0000\s\u001c-\u001f\u0085][^\u0000]*$"
@@ -91,7 +126,7 @@ class QueryTextField(serializers.CharField):
     """A search text: some non-blank characters, no NUL."""
 
 
-class TextSearchSerializer(SearchParamsSerializer):
+class TextSearchSerializer(CutoffParamsSerializer):
     """A description to search with, how many results, and product filters."""
 
     q = QueryTextField(
@@ -104,7 +139,7 @@ class UploadField(serializers.FileField):
     """An uploaded file (decoded by the view, so that every problem gets its own message)."""
 
 
-class ImageSearchSerializer(SearchParamsSerializer):
+class ImageSearchSerializer(CutoffParamsSerializer):
     """A photo (optionally a box of it) to search with, how many results, and product filters."""
 
     image = UploadField(

@@ -37,8 +37,8 @@ from visualsearch.api.schema import (
     VALIDATION_ERROR,
 )
 from visualsearch.api.serializers import (
+    CutoffParamsSerializer,
     ImageSearchSerializer,
-    SearchParamsSerializer,
     SearchResultsSerializer,
     TextSearchSerializer,
 )
@@ -46,6 +46,7 @@ from visualsearch.conf import visualsearch_settings
 from visualsearch.encoders import TextEncodingNotSupported
 from visualsearch.ingest.images import InvalidCrop, InvalidImage, open_query_image
 from visualsearch.query import search, search_by_text, similar_products
+from visualsearch.query.cutoff import Cutoff
 from visualsearch.web.display import attach_thumbnails, product_queryset
 from visualsearch.web.guards import UploadLimit
 
@@ -100,7 +101,11 @@ class VisualSearchAPIView(APIView):
         serializer.is_valid(raise_exception=True)
         return serializer.validated_data
 
-    def respond(self, products: list) -> Response:
+    def respond(self, products: list, cutoff: Cutoff | None = None) -> Response:
+        """The results, ended by the relevance ``cutoff`` when one is given (after the k-NN
+        fetched ``limit`` of them)."""
+        if cutoff is not None:
+            products = cutoff.apply(products)
         products = attach_thumbnails(products)
         serializer = SearchResultsSerializer(
             {"count": len(products), "results": products}, context={"request": self.request}
@@ -116,7 +121,7 @@ class SimilarProductsView(VisualSearchAPIView):
             "The products whose images are nearest to this product's images (the product "
             "itself excluded), best first. An empty list while the product has no embedding."
         ),
-        parameters=[SearchParamsSerializer],
+        parameters=[CutoffParamsSerializer],
         responses={
             200: SearchResultsSerializer,
             400: VALIDATION_ERROR,
@@ -127,11 +132,11 @@ class SimilarProductsView(VisualSearchAPIView):
     )
     def get(self, request: Request, pk: str) -> Response:
         product = self.get_product(pk)
-        params = self.validated(SearchParamsSerializer, request.query_params)
+        params = self.validated(CutoffParamsSerializer, request.query_params)
         products = similar_products(
             product, params["limit"], queryset=self.get_queryset(), **params["filters"]
         )
-        return self.respond(products)
+        return self.respond(products, params["cutoff"])
 
 
 class TextSearchView(VisualSearchAPIView):
@@ -156,7 +161,7 @@ class TextSearchView(VisualSearchAPIView):
             )
         except TextEncodingNotSupported as exc:
             raise TextSearchUnavailable(f"Search by text is not available here: {exc}") from None
-        return self.respond(products)
+        return self.respond(products, params["cutoff"])
 
 
 class ImageSearchView(VisualSearchAPIView):
@@ -204,7 +209,7 @@ class ImageSearchView(VisualSearchAPIView):
         products = search(
             image=image, k=params["limit"], queryset=self.get_queryset(), **params["filters"]
         )
-        return self.respond(products)
+        return self.respond(products, params["cutoff"])
 
     def open_image(self, upload: Any, crop: tuple[int, int, int, int] | None) -> Image.Image:
         """Decode, crop and shrink the upload; ``ValidationError`` saying what is wrong."""

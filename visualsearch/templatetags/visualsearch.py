@@ -16,6 +16,7 @@ from django.utils.safestring import mark_safe
 
 from visualsearch.conf import visualsearch_settings
 from visualsearch.query import similar_products as query_similar_products
+from visualsearch.query.cutoff import Cutoff, resolve_cutoff
 from visualsearch.query.recommend import SIMILAR, recommend_for_session
 from visualsearch.web import cache
 from visualsearch.web.display import (
@@ -37,12 +38,14 @@ RECOMMENDED_TEMPLATE = "visualsearch/recommended_products.html"
 
 @register.tag("similar_products")
 def do_similar_products(parser: Any, token: Any) -> SimilarProductsNode:
-    """``{% similar_products product limit=8 template=… title=… **filters %}`` renders the
-    widget; ``{% similar_products product limit=8 as items %}`` puts the products (with
-    ``similarity`` and ``visualsearch_image``) in ``items`` instead, for the shop's own card.
+    """``{% similar_products product limit=8 template=… title=… cutoff=… **filters %}``
+    renders the widget; ``{% similar_products product limit=8 as items %}`` puts the products
+    (with ``similarity`` and ``visualsearch_image``) in ``items`` instead, for the shop's own
+    card.
 
-    Keyword arguments other than ``limit``, ``template`` and ``title`` filter the products
-    (``in_stock=True``).
+    ``cutoff`` ends the list where scores fall away (``"0.94"``, ``"gap:2"``, ``"on"``,
+    ``"off"``; default the ``RELEVANCE_CUTOFF`` setting). Keyword arguments other than
+    ``limit``, ``template``, ``title`` and ``cutoff`` filter the products (``in_stock=True``).
     """
     bits = token.split_contents()
     name, bits = bits[0], bits[1:]
@@ -52,10 +55,10 @@ def do_similar_products(parser: Any, token: Any) -> SimilarProductsNode:
     args, kwargs = parse_bits(
         parser,
         bits,
-        params=["product", "limit", "template", "title"],
+        params=["product", "limit", "template", "title", "cutoff"],
         varargs=None,
         varkw="filters",
-        defaults=(8, DEFAULT_TEMPLATE, "Similar products"),
+        defaults=(8, DEFAULT_TEMPLATE, "Similar products", None),
         kwonly=[],
         kwonly_defaults=None,
         takes_context=False,
@@ -71,7 +74,7 @@ class SimilarProductsNode(template.Node):
         self.args, self.kwargs, self.target = args, kwargs, target
 
     def render(self, context: Any) -> str:
-        names = ["product", "limit", "template", "title"]
+        names = ["product", "limit", "template", "title", "cutoff"]
         values = dict(zip(names, [arg.resolve(context) for arg in self.args], strict=False))
         filters = {}
         for key, value in self.kwargs.items():
@@ -93,8 +96,10 @@ def _similar(product: Any, values: dict, filters: dict, request: Any) -> list:
     if product is None or getattr(product, "pk", None) is None:
         return []
     limit = int(values.get("limit", 8))
+    cutoff = resolve_cutoff(values.get("cutoff"))
     queryset = product_queryset(request)
-    return attach_thumbnails(query_similar_products(product, k=limit, queryset=queryset, **filters))
+    products = query_similar_products(product, k=limit, queryset=queryset, **filters)
+    return attach_thumbnails(cutoff.apply(products) if cutoff else products)
 
 
 def similar_products(
@@ -103,25 +108,30 @@ def similar_products(
     template: str = DEFAULT_TEMPLATE,
     title: str = "Similar products",
     *,
+    cutoff: Any = None,
     request: Any = None,
     **filters: Any,
 ) -> str:
     """A grid of the ``limit`` products most similar to ``product``, from the HNSW index.
 
-    Renders nothing while the product has no embedding yet. The rendering is cached for
-    ``WIDGET_CACHE_TIMEOUT`` seconds and dropped as soon as an embedding or a product
-    changes; not while a ``PRODUCT_*`` hook is set (its values may depend on the request).
+    ``cutoff`` ends the grid where scores fall away from the top hit (the forms of
+    :func:`visualsearch.query.cutoff.parse_cutoff`; ``None``: the ``RELEVANCE_CUTOFF``
+    setting; ``"off"``: never). Renders nothing while the product has no embedding yet. The
+    rendering is cached for ``WIDGET_CACHE_TIMEOUT`` seconds and dropped as soon as an
+    embedding or a product changes; not while a ``PRODUCT_*`` hook is set (its values may
+    depend on the request).
     """
     if product is None or getattr(product, "pk", None) is None:
         return ""
     limit = int(limit)
+    cut = resolve_cutoff(cutoff)
     cached = int(visualsearch_settings.WIDGET_CACHE_TIMEOUT) > 0 and not _hooks()
-    key = _cache_key(product.pk, limit, template, title, filters)
+    key = _cache_key(product.pk, limit, template, title, filters, cut)
     # Read before the data: a change committed while rendering bumps past this generation.
     current = cache.generation() if cached else None
     html = cache.lookup(key, current) if current is not None else None
     if html is None:
-        html = _render(product, limit, template, title, filters, request)
+        html = _render(product, limit, template, title, filters, request, cut)
         if html is None:
             return ""
         if current is not None:
@@ -141,12 +151,18 @@ def _hooks() -> bool:
 
 
 def _render(
-    product: Any, limit: int, template_name: str, title: str, filters: dict, request: Any = None
+    product: Any,
+    limit: int,
+    template_name: str,
+    title: str,
+    filters: dict,
+    request: Any = None,
+    cutoff: Cutoff | None = None,
 ) -> str | None:
     try:
         queryset = product_queryset(request)
         products = query_similar_products(product, k=limit, queryset=queryset, **filters)
-        products = attach_thumbnails(products)
+        products = attach_thumbnails(cutoff.apply(products) if cutoff else products)
     except DatabaseError:
         logger.exception("visualsearch: similar products of %r could not be queried", product)
         return None
@@ -213,7 +229,11 @@ def _item(product: Any, request: Any = None) -> dict[str, Any]:
     }
 
 
-def _cache_key(pk: Any, limit: int, template_name: str, title: str, filters: dict) -> str:
+def _cache_key(
+    pk: Any, limit: int, template_name: str, title: str, filters: dict, cutoff: Any = None
+) -> str:
     options = repr((limit, template_name, title, sorted(filters.items())))
+    if cutoff is not None:  # keys of widgets without a cut-off stay what they were
+        options += f"|cutoff={cutoff!r}"
     digest = hashlib.sha256(options.encode()).hexdigest()[:16]
     return f"similar:{pk}:{digest}"
