@@ -43,6 +43,17 @@ DEFAULTS: dict[str, Any] = {
     # (visualsearch_filter_indexes): a graph of a few thousand rows needs a longer candidate
     # list than the whole table's for the same recall, and costs little more to walk.
     "FILTER_INDEX_EF_SEARCH": 200,
+    # Near-duplicate images (visualsearch.query.duplicates, manage.py visualsearch_duplicates,
+    # the admin's "Duplicate images"): the candidate pairs are each image and those of its
+    # DUPLICATE_NEIGHBOURS nearest images (HNSW index) whose vectors have a cosine
+    # similarity of at least DUPLICATE_THRESHOLD.
+    "DUPLICATE_THRESHOLD": 0.8,
+    "DUPLICATE_NEIGHBOURS": 20,
+    # A candidate pair is the same photo when, once aligned (crop, scale, mirror), no 4x4
+    # block of their 32-pixel views differs by more than this mean colour difference (0..1):
+    # the vectors alone rate colour variants of one shot as close as copies. None: no pixel
+    # check (vectors only). These three were tuned by bench/duplicates.py (EfficientNet-Lite0).
+    "DUPLICATE_PIXEL_DIFFERENCE": 0.028,
     # Images per encoder batch in workers and in the reindex command.
     "BATCH_SIZE": 32,
     # Largest accepted image, in pixels (decompression-bomb guard) and bytes.

@@ -6,6 +6,7 @@ Registered on the default admin site by ``visualsearch.admin``; URL names
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from django import forms
@@ -16,6 +17,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.http import urlencode
 
+from visualsearch.admin.duplicates import duplicates_view
 from visualsearch.admin.helpers import admin_url, can_view, status_badge
 from visualsearch.conf import visualsearch_settings
 from visualsearch.ingest.images import preview_data_url
@@ -63,6 +65,11 @@ class VisualSearchAdmin(admin.ModelAdmin):
             path("", overview, name="visualsearch_overview"),
             path(
                 "search/", self.admin_site.admin_view(self.search_view), name="visualsearch_search"
+            ),
+            path(
+                "duplicates/",
+                self.admin_site.admin_view(partial(duplicates_view, self)),
+                name="visualsearch_duplicates",
             ),
             path("", overview, name="{}_{}_changelist".format(*info)),  # the admin index link
         ]
