@@ -102,7 +102,8 @@ def load(n: int, d: int, args, storage: str = "plain") -> tuple[np.ndarray, np.n
         with cur.copy(
             "COPY catalog_productimage (id, product_id, image, position, alt_text, source,"
             " embedding, embedding_model, embedding_hash, embedding_status, embedding_error,"
-            " embedded_at, embedding_updated_at, category_id) FROM STDIN WITH (FORMAT BINARY)"
+            " embedded_at, embedding_updated_at, category_id, embedding_attempts)"
+            " FROM STDIN WITH (FORMAT BINARY)"
         ) as copy:
             copy.set_types(
                 [
@@ -120,6 +121,7 @@ def load(n: int, d: int, args, storage: str = "plain") -> tuple[np.ndarray, np.n
                     "timestamptz",
                     "timestamptz",
                     "int8",
+                    "int4",
                 ]
             )
             for start, chunk in clustered_vectors(n, d, args.centres, args.seed):
@@ -142,6 +144,7 @@ def load(n: int, d: int, args, storage: str = "plain") -> tuple[np.ndarray, np.n
                             now,
                             now,
                             int(categories[i]),  # the copy IMAGE_FILTER_FIELDS keeps
+                            0,
                         )
                     )
     conn.close()

@@ -8,6 +8,7 @@ a few hundred 1280-d vectors in Python takes several times longer than the query
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import random
@@ -18,9 +19,10 @@ from typing import Any
 
 import numpy as np
 from django.db import connections
-from django.db.models import BinaryField, F, Func, Value
-from django.db.models.expressions import RawSQL
+from django.db.models import BinaryField, F, Func
+from psycopg.pq import Format
 
+from visualsearch.storage import statements
 from visualsearch.storage.layout import ready_rows
 from visualsearch.storage.lookup import get_product_model
 
@@ -36,13 +38,24 @@ def product_vectors(pks: Iterable[Any], model: type | None = None) -> dict[Any, 
     """``{pk: unit vector}`` for those of the products ``pks`` that have a ready image.
 
     One query; a product with several ready images gets the mean of their vectors. ``model``
-    reads another embedding model keyed by product instead (the product-text model).
+    reads another embedding model keyed by product instead (the product-text model). For
+    integer keys the statement is compiled once per number of pks
+    (:mod:`visualsearch.storage.statements`).
     """
     pks = list(pks)
     if not pks:
         return {}
     rows, product_field = ready_rows(model)
-    return vectors_by_product(rows.filter(**{f"{product_field}__in": pks}), product_field)
+    if not all(type(pk) is int for pk in pks):
+        return vectors_by_product(rows.filter(**{f"{product_field}__in": pks}), product_field)
+    meta = rows.model._meta
+    key = ("vectors", rows.db, meta.label, rows.model.embedding_models(), product_field, len(pks))
+
+    def build(values: Any) -> Any:
+        return _binary_rows(rows.filter(**{f"{product_field}__in": values["pks"]}), product_field)
+
+    sql, params = statements.compiled(key, build, {"pks": pks})
+    return _grouped(_fetch_binary(sql, params, rows.db))
 
 
 def sample_vectors(
@@ -77,56 +90,83 @@ def sample_pks(products: Any, count: int, *, seed: Any = ()) -> list:
     whole table (``ORDER BY random()``). The points move with the day and ``seed`` (the
     products excluded), so one shopper sees new picks as they go and a crawler sees the
     same page all day.
+
+    One statement: ``products`` is written once, as a ``NOT MATERIALIZED`` CTE that every
+    run reads (inlined: each run is still an index range scan), so its parameters (a
+    ``pk__in`` filter of thousands of ids, the excluded products) are sent once, not once
+    per run (17 copies passed Postgres' 65,535 parameters at about 3,900 ids).
     """
     if count < 1:
         return []
     runs = min(count, SAMPLE_RUNS)
     per_run = -(-count // runs)
-    keys = products.order_by("pk")
-    parts = [
-        keys.filter(pk__gte=start).annotate(sample_run=Value(i)).values_list("pk", "sample_run")
-        for i, start in enumerate(_sample_starts(products, runs, seed))
-    ]
-    parts = [part[:per_run] for part in parts]
-    parts.append(keys.annotate(sample_run=Value(runs)).values_list("pk", "sample_run")[:count])
-    rows = parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0]
+    inner, inner_params = products.order_by().values("pk").query.sql_with_params()
+    parts, params = [], list(inner_params)
+    for i, (start, start_params) in enumerate(_sample_starts(products, runs, seed)):
+        run = f"SELECT pk, {i} FROM sample_keys WHERE pk >= {start} ORDER BY pk LIMIT {per_run}"
+        parts.append(f"({run})")
+        params += start_params
+    parts.append(f"(SELECT pk, {runs} FROM sample_keys ORDER BY pk LIMIT {int(count)})")
+    sql = f"WITH sample_keys(pk) AS NOT MATERIALIZED ({inner}) " + " UNION ALL ".join(parts)
+    with connections[products.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
     ordered = sorted(rows, key=lambda row: row[1])  # the runs, then the first keys
     return list(dict.fromkeys(pk for pk, _ in ordered))[:count]
 
 
-def _sample_starts(products: Any, runs: int, seed: Any) -> list:
+def _sample_starts(products: Any, runs: int, seed: Any) -> list[tuple[str, list]]:
     """``runs`` evenly spaced keys of the key range of ``products``' model, from a point that
-    ``seed`` and the date choose ([] for keys that are neither integers nor UUIDs). Integer
-    keys are computed inside the sample's statement from the table's smallest and largest
-    key (two index probes each)."""
+    ``seed`` and the date choose, as ``(sql, params)`` ([] for keys that are neither integers
+    nor UUIDs). Integer keys are computed inside the sample's statement from the table's
+    smallest and largest key (two index probes each)."""
     digest = hashlib.sha256(repr((datetime.date.today(), sorted(map(str, seed)))).encode())
     offset = random.Random(digest.digest()).random()
     fractions = [(offset + i / runs) % 1 for i in range(runs)]
     meta = products.model._meta
     kind = meta.pk.get_internal_type()
     if kind == "UUIDField":
-        return [uuid.UUID(int=int(fraction * 2**128)) for fraction in fractions]
+        return [("%s", [uuid.UUID(int=int(fraction * 2**128))]) for fraction in fractions]
     if not kind.endswith(("AutoField", "IntegerField")):
         return []
     quote = connections[products.db].ops.quote_name
     key, table = quote(meta.pk.column), quote(meta.db_table)
     span = f"FLOOR((MAX({key}) - MIN({key}) + 1) * %s)"
-    start = f"SELECT CAST(MIN({key}) + {span} AS bigint) FROM {table}"
-    return [RawSQL(start, [fraction], output_field=meta.pk) for fraction in fractions]
+    start = f"(SELECT CAST(MIN({key}) + {span} AS bigint) FROM {table})"
+    return [(start, [fraction]) for fraction in fractions]
 
 
 def vectors_by_product(rows: Any, attname: str) -> dict[Any, np.ndarray]:
     """``{product pk: unit vector}`` of the ``embedding`` column of ``rows`` (a queryset of
     image or product-text rows), read in binary; several rows of one product are averaged.
 
-    ``attname`` is the rows' product column (``"product_id"``).
+    ``attname`` is the rows' product column (``"product_id"``). The rows come back in
+    Postgres' binary format: a 1280-d vector is 5 KB of bytes, not 10 KB of hex text that
+    Python then decodes (docs/performance.md, Hot paths at 1280 dimensions).
     """
+    sql, params = _binary_rows(rows, attname).query.sql_with_params()
+    return _grouped(_fetch_binary(sql, params, rows.db))
+
+
+def _binary_rows(rows: Any, attname: str) -> Any:
     binary = Func(F("embedding"), function="vector_send", output_field=BinaryField())
+    return rows.annotate(vector_bytes=binary).values_list(attname, "vector_bytes")
+
+
+def _fetch_binary(sql: str, params: tuple, db: str) -> list[tuple]:
+    with connections[db].cursor() as cursor:
+        cursor.cursor.format = Format.BINARY  # this cursor only
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _grouped(found: list[tuple]) -> dict[Any, np.ndarray]:
+    """``{pk: unit vector}`` of ``(pk, vector_send bytes)`` rows, several rows averaged."""
     pks, vectors = [], []
-    for pk, data in rows.annotate(vector_bytes=binary).values_list(attname, "vector_bytes"):
+    for pk, data in found:
         # vector_send: uint16 dimensions, uint16 unused, then big-endian float32 values.
         pks.append(pk)
-        vectors.append(np.frombuffer(bytes(data), dtype=">f4", offset=4))
+        vectors.append(np.frombuffer(data, dtype=">f4", offset=4))
     if not vectors:
         return {}
     matrix = np.stack(vectors).astype(np.float32)
@@ -150,12 +190,13 @@ def maximal_marginal_relevance(
     relevance = np.asarray(relevance, dtype=np.float32)
     closest = np.zeros(len(relevance), dtype=np.float32)
     chosen: list[int] = []
-    for _ in range(min(count, len(relevance))):
-        score = weight * relevance - (1.0 - weight) * closest
-        score[chosen] = -np.inf
-        index = int(np.argmax(score))
-        chosen.append(index)
-        closest = np.maximum(closest, vectors @ vectors[index])
+    with single_threaded():
+        for _ in range(min(count, len(relevance))):
+            score = weight * relevance - (1.0 - weight) * closest
+            score[chosen] = -np.inf
+            index = int(np.argmax(score))
+            chosen.append(index)
+            closest = np.maximum(closest, vectors @ vectors[index])
     return chosen
 
 
@@ -167,11 +208,12 @@ def coverage(candidates: np.ndarray, count: int, covered: np.ndarray | None = No
     typical members of the large groups first, and skips groups the ``covered`` vectors
     (what the shopper has seen) already stand for. ``candidates`` and ``covered`` are unit rows.
     """
-    similarity = candidates @ candidates.T
-    if covered is not None and len(covered):
-        best = np.maximum((candidates @ covered.T).max(axis=1), 0.0)
-    else:
-        best = np.zeros(len(candidates), dtype=np.float32)
+    with single_threaded():
+        similarity = candidates @ candidates.T
+        if covered is not None and len(covered):
+            best = np.maximum((candidates @ covered.T).max(axis=1), 0.0)
+        else:
+            best = np.zeros(len(candidates), dtype=np.float32)
     chosen: list[int] = []
     for _ in range(min(count, len(candidates))):
         gain = np.maximum(similarity - best[None, :], 0.0).sum(axis=1)
@@ -180,3 +222,22 @@ def coverage(candidates: np.ndarray, count: int, covered: np.ndarray | None = No
         chosen.append(index)
         best = np.maximum(best, similarity[index])
     return chosen
+
+
+_controller: Any = None
+
+
+def single_threaded() -> contextlib.AbstractContextManager:
+    """BLAS on one thread for the block (threadpoolctl).
+
+    The products here are small (a few hundred rows): on one thread a 200 x 1280 Gram matrix
+    takes about 1 ms, while waking OpenBLAS's idle threads on a busy 2-core web host took
+    20-120 ms, and the woken threads then spin beside Postgres (docs/performance.md, Hot
+    paths at 1280 dimensions).
+    """
+    global _controller
+    if _controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController()  # inspects the loaded libraries once
+    return _controller.limit(limits=1, user_api="blas")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from django.db import connections, transaction
 from django.db.models import Avg, Func, Subquery, Value
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Cast
 from pgvector.django import CosineDistance, HalfVectorField, MaxInnerProduct
 from psycopg import sql as pgsql
@@ -72,6 +73,7 @@ def nearest(
     """
     if k < 1:
         return []
+    filters = compact_filters(filters)
     storage = image_storage()
     model = storage.model
     db = model.objects.db
@@ -274,30 +276,71 @@ def _run(
 
     The index settings go in one statement inside the query's transaction; an exact scan
     needs neither them nor the transaction. A numpy vector among ``params`` goes as a vector.
-    ``partial``: a partial HNSW index serves the filter value (``FILTER_INDEX_EF_SEARCH``
-    instead of ``HNSW_EF_SEARCH``). The statement is then planned for its parameter values
-    even when it is prepared (a generic plan cannot use a partial index), and without
-    sorting, which the planner would otherwise price below walking the small graph for a few
-    thousand rows.
-
-    Inside a transaction of the caller's (``ATOMIC_REQUESTS``) ``SET LOCAL`` would last until
-    that transaction ends: there the settings are put back after the statement
-    (:func:`_run_in_savepoint`), so that later queries of the request plan as without it.
+    Statements through the index run without sorting (``enable_sort = off``), which the
+    planner would otherwise price below walking the graph for a few thousand rows, or for a
+    generic plan that cannot see the status and model values. ``partial``: a partial HNSW
+    index serves the filter value (``FILTER_INDEX_EF_SEARCH`` instead of
+    ``HNSW_EF_SEARCH``). The statement is then planned for its parameter values even when it
+    is prepared (a generic plan cannot use a partial index).
     """
     connection = connections[db]
     if any(isinstance(param, np.ndarray) for param in params):
         statements.vector_parameters(connection)
     if exact:
+        return run_with_settings(connection, sql, params, {})
+    ef_setting = "FILTER_INDEX_EF_SEARCH" if partial else "HNSW_EF_SEARCH"
+    ef_search = min(max(int(getattr(visualsearch_settings, ef_setting)), limit), 1000)
+    # enable_sort off: the strategy is chosen here, not by the planner. A prepared
+    # statement's generic plan cannot see the status and model values and, on a catalog of
+    # a few thousand images, priced "read them all and sort" below the HNSW index: 10-18 ms
+    # instead of 0.5-2 at 6,573 x 1280-d (docs/performance.md, Hot paths at 1280 dimensions).
+    settings = {
+        "hnsw.ef_search": str(ef_search),
+        "hnsw.iterative_scan": "relaxed_order",
+        "enable_sort": "off",
+    }
+    if partial:
+        settings |= {"plan_cache_mode": "force_custom_plan"}
+    return run_with_settings(connection, sql, params, settings)
+
+
+#: ``__in`` integers above which they travel as one array (:func:`compact_filters`).
+MANY_PARAMETERS = 100
+
+
+def compact_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    """``filters`` with each ``…__in`` list of more than ``MANY_PARAMETERS`` integers sent as
+    one array parameter, ``IN (SELECT unnest(%s::bigint[]))``, instead of one parameter an
+    id: Postgres parsed and planned ``IN ($1, …, $6573)`` in 40-60 ms, and every statement of a
+    recommendation carries the filter (docs/performance.md, Hot paths at 1280 dimensions).
+    The same rows match."""
+    compacted = {}
+    for name, value in filters.items():
+        if (
+            name.endswith("__in")
+            and isinstance(value, list | tuple | set | frozenset)
+            and len(value) > MANY_PARAMETERS
+            and all(type(item) is int for item in value)
+        ):
+            value = RawSQL("SELECT unnest(%s::bigint[])", (list(value),))
+        compacted[name] = value
+    return compacted
+
+
+def run_with_settings(connection: Any, sql: str, params: tuple, settings: dict) -> list[tuple]:
+    """``sql`` with ``params`` on ``connection``, under ``settings`` (``SET LOCAL``), rows.
+
+    Without settings the statement runs as it is. Inside a transaction of the caller's
+    (``ATOMIC_REQUESTS``) ``SET LOCAL`` would last until that transaction ends: there the
+    settings are put back after the statement (:func:`_run_in_savepoint`), so that later
+    queries of the request plan as without it.
+    """
+    if not settings:
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.fetchall()
-    ef_setting = "FILTER_INDEX_EF_SEARCH" if partial else "HNSW_EF_SEARCH"
-    ef_search = min(max(int(getattr(visualsearch_settings, ef_setting)), limit), 1000)
-    settings = {"hnsw.ef_search": str(ef_search), "hnsw.iterative_scan": "relaxed_order"}
-    if partial:
-        settings |= {"plan_cache_mode": "force_custom_plan", "enable_sort": "off"}
     if connection.get_autocommit():  # a transaction of its own: SET LOCAL ends with it
-        with transaction.atomic(using=db), connection.cursor() as cursor:
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
             cursor.execute(_set_local(settings))
             cursor.execute(sql, params)
             return cursor.fetchall()
