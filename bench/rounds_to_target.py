@@ -34,6 +34,7 @@ import argparse
 import csv
 import math
 import multiprocessing
+import os
 import random
 import statistics
 import sys
@@ -82,9 +83,10 @@ def search(task: tuple) -> tuple[int, list[float]]:
     from django.contrib.sessions.backends.base import SessionBase
     from django.db import connection
 
-    from visualsearch.query.recommend import recommend_for_session, record_view
+    from visualsearch.query import similar_products
+    from visualsearch.query.recommend import recommend_for_session, record_view, viewed_products
 
-    target, candidates, k, share, strategy, max_rounds, seed = task
+    target, candidates, k, share, strategy, max_rounds, seed, page = task
     rng = random.Random(seed)
     with connection.cursor() as cursor:  # ORDER BY random() draws repeat from run to run
         cursor.execute("SELECT setseed(%s)", [(seed % 2000) / 1000 - 1])
@@ -96,6 +98,9 @@ def search(task: tuple) -> tuple[int, list[float]]:
             recommend_for_session, session, k, exploration=share, strategy=strategy, **filters
         )
         timings.append(ms)
+        viewed = viewed_products(session)
+        if page and viewed:  # the product page: its similar-products widget is shown too
+            offered = offered + similar_products(viewed[-1], page, **filters)
         if any(product.pk == target for product in offered):
             return round_number, timings
         if offered:
@@ -113,7 +118,16 @@ def run(pool, name: str, candidates: list, args, share: float, strategy: str) ->
     max_rounds = args.max_rounds or math.ceil(n / args.k)
     restrict = sorted(candidates) if name != "full" else None
     tasks = [
-        (t, restrict, args.k, share, strategy, max_rounds, zlib.crc32(f"{key}:{t}".encode()))
+        (
+            t,
+            restrict,
+            args.k,
+            share,
+            strategy,
+            max_rounds,
+            zlib.crc32(f"{key}:{t}".encode()),
+            args.page,
+        )
         for t in targets
     ]
     counts, timings = [], []
@@ -141,6 +155,7 @@ def run(pool, name: str, candidates: list, args, share: float, strategy: str) ->
 def filter_cost(subset: list, everything: list, repeats: int = 15) -> dict:
     """Median milliseconds of one recommendation (k=10, five products viewed) by filter."""
     from django.contrib.sessions.backends.base import SessionBase
+    from django.db import DatabaseError
 
     from visualsearch.query.recommend import recommend_for_session, record_view
 
@@ -152,13 +167,43 @@ def filter_cost(subset: list, everything: list, repeats: int = 15) -> dict:
     }
     for name, filters in cases.items():
         spent = []
-        for _ in range(repeats):
-            session = SessionBase()
-            for pk in random.Random(1).sample(subset, 5):
-                record_view(session, pk)
-            spent.append(timed(recommend_for_session, session, 10, **filters)[0])
+        try:
+            for _ in range(repeats):
+                session = SessionBase()
+                for pk in random.Random(1).sample(subset, 5):
+                    record_view(session, pk)
+                spent.append(timed(recommend_for_session, session, 10, **filters)[0])
+        except DatabaseError as exc:  # reported, not hidden: the other rows still count
+            results[name] = f"error: {exc}"
+            continue
         results[name] = round(median(spent), 1)
     return results
+
+
+def first_visit_overlap(subset: list, args, sample: int = 200, size: int = 8) -> dict:
+    """On a first visit (one product viewed), how many of the ``size`` recommendations the
+    ``size`` similar products beside them repeat: mean count, with and without
+    ``RECOMMEND_SKIP_SIMILAR``, over a seeded sample of the subset (the subset as filter)."""
+    from django.test import override_settings
+
+    from visualsearch.conf import visualsearch_settings
+    from visualsearch.query import similar_products
+    from visualsearch.query.recommend import recommend
+
+    settings_now = {**visualsearch_settings.user_settings}
+    filters = {"pk__in": subset}
+    products = random.Random(args.seed).sample(subset, min(sample, len(subset)))
+    result = {"sample": len(products), "size": size}
+    for name, skip in (("without_skip", 0), ("with_skip", size)):
+        overlaps = []
+        with override_settings(VISUALSEARCH={**settings_now, "RECOMMEND_SKIP_SIMILAR": skip}):
+            for pk in products:
+                similar = {p.pk for p in similar_products(pk, size, **filters)}
+                picks = {p.pk for p in recommend([pk], size, **filters)}
+                overlaps.append(len(similar & picks))
+        result[name] = round(statistics.fmean(overlaps), 2)
+    print(f"first visit: similar products repeated among {size} recommendations: {result}")
+    return result
 
 
 def _floats(text: str) -> list[float]:
@@ -186,6 +231,20 @@ def main() -> None:
         help="draw the subset from this held-out share (by external id), as visualsearch_adapt",
     )  # fmt: skip
     parser.add_argument("--holdout-seed", type=int, default=0)
+    parser.add_argument(
+        "--skip-similar", type=int, default=None,
+        help="RECOMMEND_SKIP_SIMILAR (0: recommendations may repeat the similar products)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--page", type=int, default=0, metavar="N",
+        help="the shopper is on the product page of the last click: its N similar products "
+        "are shown beside the recommendations (0: the recommendations alone)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fusion", default=None,
+        help="VISUALSEARCH_FUSION for the shop settings: a JSON recipe or off (default: the "
+        "shop's)",
+    )  # fmt: skip
     parser.add_argument("--max-rounds", type=int, default=None, help="default: ceil(N/k)")
     parser.add_argument("--skip-full", action="store_true", help="only the subset")
     parser.add_argument("--full-targets", type=int, default=None, help="default: --targets")
@@ -202,9 +261,12 @@ def main() -> None:
             "RECOMMEND_SHOWN_MEMORY": args.memory,
             "RECOMMEND_DIVERSITY": args.diversity,
             "RECOMMEND_TEXT_WEIGHT": args.text_weight,
+            "RECOMMEND_SKIP_SIMILAR": args.skip_similar,
         }.items()
         if value is not None
     }
+    if args.fusion is not None:  # read by shop/settings.py, in the workers too
+        os.environ["VISUALSEARCH_FUSION"] = args.fusion
     setup(overrides)
     from shop.catalog.models import Product
     from visualsearch.conf import visualsearch_settings
@@ -238,7 +300,10 @@ def main() -> None:
                 "RECOMMEND_SHOWN_MEMORY",
                 "RECOMMEND_DIVERSITY",
                 "RECOMMEND_TEXT_WEIGHT",
+                "RECOMMEND_SKIP_SIMILAR",
                 "TEXT_MODEL",
+                "FUSION",
+                "FUSED_SURFACES",
             )
         },
         "encoder": visualsearch_settings.ENCODER,
@@ -267,6 +332,8 @@ def main() -> None:
             row = run(pool, "full", everything, args, best["exploration"], best["strategy"])
             report["full_catalog"].append(_show(row))
             _save(report, args.out, started)
+    report["first_visit_overlap"] = first_visit_overlap(subset, args)
+    _save(report, args.out, started)
     report["recommend_ms_by_filter"] = filter_cost(subset, everything)
     _save(report, args.out, started)
     print(f"seed: {SEED_ROUNDS_AT_459} rounds at N=459; target: mean <= 6")

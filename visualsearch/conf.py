@@ -140,6 +140,9 @@ DEFAULTS: dict[str, Any] = {
     "RECOMMEND_FOCUS": 0.7,
     # Recommended products the session remembers so as not to show them again (0: none).
     "RECOMMEND_SHOWN_MEMORY": 300,
+    # The products most similar to the latest viewed one that recommendations leave out: the
+    # similar-products widget beside them (8 on the product page) shows those (0: none).
+    "RECOMMEND_SKIP_SIMILAR": 8,
     # With text search on (TEXT_MODEL), the share of the near picks' similarity that comes
     # from the product-text vectors (names, descriptions); the rest from the image vectors.
     # 0: images only. Ignored while TEXT_MODEL is None.

@@ -20,7 +20,7 @@ from rest_framework.test import APIClient
 from shop.catalog.models import Category, Product, ProductImage, ProductText
 from visualsearch.ingest.pipeline import embed_images
 from visualsearch.ingest.texts import embed_texts
-from visualsearch.query import diversity, recommend
+from visualsearch.query import diversity, recommend, similar_products
 from visualsearch.query.recommend import (
     EXPLORE,
     SHOWN_KEY,
@@ -45,6 +45,13 @@ def views_url(pk) -> str:
 def fresh_cache():
     """Throttle counters and widget renderings of earlier tests live in the session's Redis."""
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def no_skip(settings):
+    """The tests below are about picking neighbours in a 16-product catalog: the products
+    left out for the similar-products widget (RECOMMEND_SKIP_SIMILAR) are tested apart."""
+    vary(settings, RECOMMEND_SKIP_SIMILAR=0)
 
 
 @pytest.fixture
@@ -127,6 +134,20 @@ def test_recommendations_prefer_neighbours_and_exclude_what_was_viewed(catalog, 
     assert [p.recommendation for p in products] == [SIMILAR] * 6
     similarities = [p.similarity for p in products]
     assert similarities == sorted(similarities, reverse=True)
+
+
+def test_recommendations_skip_the_similar_products_shown_beside_them(catalog, twin, settings):
+    vary(settings, RECOMMEND_SKIP_SIMILAR=3)
+    beside = pks(similar_products(catalog[0], 3))
+    assert twin.pk in beside
+    products = recommend.recommend([catalog[0].pk], 6, exploration=0)
+    assert len(products) == 6 and not set(beside) & set(pks(products))
+    assert [p.recommendation for p in products] == [SIMILAR] * 6
+    # Without a history there is nothing beside them to skip.
+    assert len(recommend.recommend([], 6)) == 6
+    # A catalog too small for both: the skipped ones come back rather than fewer picks.
+    vary(settings, RECOMMEND_SKIP_SIMILAR=16)
+    assert len(recommend.recommend([catalog[0].pk], 6, exploration=0)) == 6
 
 
 @pytest.mark.parametrize("share, explored", [(0, 0), (0.25, 2), (0.5, 4), (1, 8)])

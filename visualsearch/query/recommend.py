@@ -6,6 +6,8 @@ averaged by Postgres (``AVG(embedding)``, pgvector), counting only the products 
 ``RECOMMEND_FOCUS`` (cosine similarity) of the latest one, so that the red dresses viewed an
 hour ago do not blur the shoes viewed now. ``k`` recommendations are:
 
+* never the ``RECOMMEND_SKIP_SIMILAR`` products most similar to the latest viewed one, which
+  the similar-products widget beside the recommendations shows already;
 * ``k - round(k * RECOMMEND_EXPLORATION)`` products near the preference: the HNSW query of
   :func:`visualsearch.query.nearest_products` fetches a few times more than needed, and
   maximal marginal relevance keeps near ones that differ from each other (as much as
@@ -29,12 +31,14 @@ from typing import Any
 
 import numpy as np
 from django.core.exceptions import ImproperlyConfigured, ValidationError
-from django.db.models import Avg, Q
+from django.db.models import Avg, Q, Subquery
 from pgvector.django import CosineDistance
 
 from visualsearch.conf import visualsearch_settings
-from visualsearch.query import diversity
-from visualsearch.query.knn import nearest_products
+from visualsearch.ingest import fusion
+from visualsearch.query import diversity, fused
+from visualsearch.query.knn import compact_filters, nearest_products
+from visualsearch.storage import statements
 from visualsearch.storage.layout import ready_rows
 from visualsearch.storage.lookup import get_product_model, get_text_model
 
@@ -137,8 +141,8 @@ def preference_vector(
     """Mean vector of the ``viewed`` products (pks, most recent last); ``None`` if none embedded.
 
     Only products whose vector is within cosine similarity ``focus`` (``RECOMMEND_FOCUS``) of
-    the latest one's count; ``0`` averages them all. Every ready image counts once. One or two
-    ``AVG(embedding)`` queries. ``model`` averages another embedding model keyed by product
+    the latest one's count; ``0`` averages them all. Every ready image counts once. One
+    ``AVG(embedding)`` query. ``model`` averages another embedding model keyed by product
     instead of the image model (the product-text model: the preference in text space).
     """
     viewed = list(viewed)
@@ -146,14 +150,27 @@ def preference_vector(
         return None
     focus = _setting_share("RECOMMEND_FOCUS") if focus is None else float(focus)
     images, product_field = ready_rows(model)
+    viewed_images = images.filter(**{f"{product_field}__in": viewed})
     if focus > 0 and len(viewed) > 1:
-        latest = _mean(images.filter(**{product_field: viewed[-1]}))
-        if latest is not None:  # one pass over the viewed products' images (their index)
-            near = images.filter(**{f"{product_field}__in": viewed}).alias(
-                distance=CosineDistance("embedding", latest)
+        # One statement: the latest product's mean is a subquery Postgres runs once; while
+        # the latest product has no ready image (NULL) every viewed product counts.
+        field = images.model._meta.get_field("embedding")
+        latest = Subquery(
+            images.filter(**{product_field: viewed[-1]})
+            .values(product_field)
+            .annotate(mean=Avg("embedding"))
+            .values("mean"),
+            output_field=field,
+        )
+        near = viewed_images.alias(latest=latest, distance=CosineDistance("embedding", latest))
+        return _mean(
+            near.filter(
+                Q(**{product_field: viewed[-1]})
+                | Q(distance__lte=1 - focus)
+                | Q(latest__isnull=True)
             )
-            return _mean(near.filter(Q(**{product_field: viewed[-1]}) | Q(distance__lte=1 - focus)))
-    return _mean(images.filter(**{f"{product_field}__in": viewed}))
+        )
+    return _mean(viewed_images)
 
 
 def recommend(
@@ -182,10 +199,11 @@ def recommend(
         raise ValueError(f"exploration must be between 0 and 1, got {exploration!r}.")
     strategy = _strategy(strategy)
     viewed, exclude = list(viewed), list(exclude)
+    filters = compact_filters(filters)  # a pk__in of thousands of ids: one array parameter
     image_preference = preference_vector(viewed)
     preference = None if image_preference is None else _Preference(image_preference, viewed)
     explore_count = k if preference is None else round(k * exploration)
-    seen = set(viewed) | set(exclude)
+    seen = set(viewed) | set(exclude) | _beside(viewed, preference, queryset, filters)
 
     picks = []
     if explore_count < k:
@@ -221,12 +239,28 @@ def recommend_for_session(
     return products
 
 
+def _beside(viewed: list, preference: Any, queryset: Any, filters: dict) -> set:
+    """The ``RECOMMEND_SKIP_SIMILAR`` products most similar to the latest viewed one: what the
+    similar-products widget beside the recommendations shows on its page, not repeated."""
+    count = _setting_int("RECOMMEND_SKIP_SIMILAR", minimum=0)
+    if not count or not viewed or preference is None:
+        return set()
+    from visualsearch.query.search import similar_products
+
+    return {p.pk for p in similar_products(viewed[-1], count, queryset=queryset, **filters)}
+
+
 class _Preference:
-    """The shopper's preference: the image vector, and the text vector where text counts."""
+    """The shopper's preference: the image vector, and the text vector where text counts, or
+    the fused vector where recommendations rank by fused vectors (``FUSED_SURFACES``)."""
 
     def __init__(self, image: np.ndarray, viewed: list) -> None:
         self.image = image
         self.text, self.text_weight = None, 0.0
+        self.recipe = fusion.serves("recommend")
+        self.fused = None if self.recipe is None else _fused_preference(viewed, self.recipe)
+        if self.fused is not None:
+            return
         text_model = get_text_model()
         weight = _setting_share("RECOMMEND_TEXT_WEIGHT")
         if text_model is not None and weight > 0:
@@ -245,19 +279,66 @@ def _similar(
     if count < 1:
         return []
     size = count * SIMILAR_POOL
-    pool = nearest_products(preference.image, size, exclude=exclude, queryset=queryset, **filters)
-    if preference.text_weight:
+    if preference.fused is not None:
+        pool = _fused_pool(preference, size, count, exclude, queryset, filters)
+    elif preference.text_weight:
+        pool = nearest_products(
+            preference.image, size, exclude=exclude, queryset=queryset, **filters
+        )
         pool = _with_text_neighbours(pool, preference, count, exclude, queryset, filters)
-    elif len(pool) > count:
-        vectors = diversity.product_vectors(product.pk for product in pool)
-        dimensions = len(preference.image)
-        matrix = np.stack([vectors.get(p.pk, np.zeros(dimensions)) for p in pool])
-        relevance = np.array([product.similarity for product in pool])
-        pool = _spread(pool, relevance, matrix, count)
+    else:
+        pool = nearest_products(
+            preference.image, size, exclude=exclude, queryset=queryset, **filters
+        )
+        if len(pool) > count:
+            pool = _spread_by_image(pool, preference, count)
     pool = pool[:count]
     for product in pool:
         product.recommendation = SIMILAR
     return pool
+
+
+def _spread_by_image(pool: list, preference: _Preference, count: int) -> list:
+    """``count`` of ``pool`` spread apart by maximal marginal relevance over image vectors."""
+    vectors = diversity.product_vectors(product.pk for product in pool)
+    dimensions = len(preference.image)
+    matrix = np.stack([vectors.get(p.pk, np.zeros(dimensions)) for p in pool])
+    relevance = np.array([product.similarity for product in pool])
+    return _spread(pool, relevance, matrix, count)
+
+
+def _fused_preference(viewed: list, current: Any) -> np.ndarray | None:
+    """Mean fused vector of the viewed products near the latest one (``RECOMMEND_FOCUS``);
+    None when the latest viewed product has no fused vector yet."""
+    vectors = fused.product_vectors(viewed, current)
+    if viewed[-1] not in vectors:
+        return None
+    latest = diversity.unit(vectors[viewed[-1]])
+    focus = _setting_share("RECOMMEND_FOCUS")
+    near = [
+        diversity.unit(vector)
+        for vector in vectors.values()
+        if focus <= 0 or float(diversity.unit(vector) @ latest) >= focus
+    ]
+    return np.mean(np.stack(near), axis=0)
+
+
+def _fused_pool(
+    preference: _Preference, size: int, count: int, exclude: set, queryset: Any, filters: dict
+) -> list:
+    """``count`` products near the fused preference, spread by maximal marginal relevance."""
+    current = preference.recipe
+    pool = fused.nearest(
+        preference.fused, size, current, exclude=exclude, queryset=queryset, **filters
+    )
+    if len(pool) <= count:
+        return pool
+    vectors = fused.product_vectors((product.pk for product in pool), current)
+    matrix = diversity.unit(
+        np.stack([vectors.get(p.pk, np.zeros(current.dimensions, np.float32)) for p in pool])
+    )
+    relevance = np.array([product.similarity for product in pool])
+    return _spread(pool, relevance, matrix, count)
 
 
 def _with_text_neighbours(
@@ -344,7 +425,10 @@ def _products(queryset: Any) -> Any:
 
 
 def _load(pks: list, queryset: Any) -> list:
-    found = _products(queryset).in_bulk(pks)
+    if queryset is None:  # the default manager's statement, compiled once per size
+        found = statements.in_bulk(get_product_model(), pks)
+    else:
+        found = queryset.in_bulk(pks)
     return [found[pk] for pk in pks if pk in found]
 
 
@@ -353,6 +437,7 @@ def check_settings() -> None:
     _setting_int("RECOMMEND_SIZE", minimum=1)
     _setting_int("RECOMMEND_HISTORY", minimum=1)
     _setting_int("RECOMMEND_SHOWN_MEMORY", minimum=0)
+    _setting_int("RECOMMEND_SKIP_SIMILAR", minimum=0)
     for name in (
         "RECOMMEND_EXPLORATION",
         "RECOMMEND_DIVERSITY",
