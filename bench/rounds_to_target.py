@@ -327,6 +327,7 @@ def main() -> None:
             "exploration": best["exploration"],
             "strategy": best["strategy"],
         }
+        report["mean"] = best["mean"]  # mean rounds of the best subset row
         if not args.skip_full:
             args.targets = args.full_targets or args.targets
             row = run(pool, "full", everything, args, best["exploration"], best["strategy"])
