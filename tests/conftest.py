@@ -56,15 +56,17 @@ def make_image_bytes(
     return out.getvalue()
 
 
-def ready_images(products: list, seed: int) -> np.ndarray:
+def ready_images(products: list, seed: int = 0, vectors: np.ndarray | None = None) -> np.ndarray:
     """One image per product with a ready random unit vector, written with ``bulk_create``
     (which skips signals, so the category copy is set here as bulk writers set it); returns
-    the vectors in product order."""
+    the vectors in product order. ``vectors`` (unit rows, one a product) replaces the random
+    ones drawn from ``seed``."""
     from visualsearch.encoders import get_encoder
 
-    dimensions = ProductImage._meta.get_field("embedding").dimensions
-    vectors = np.random.default_rng(seed).standard_normal((len(products), dimensions))
-    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    if vectors is None:
+        dimensions = ProductImage._meta.get_field("embedding").dimensions
+        vectors = np.random.default_rng(seed).standard_normal((len(products), dimensions))
+        vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
     ProductImage.objects.bulk_create(
         ProductImage(
             product=product,

@@ -269,14 +269,14 @@ def test_query_settings_end_with_the_query_inside_a_transaction(embedded):
     assert connection.in_atomic_block
     before = settings_now(*GUCS)
     assert similar_products(embedded[0], 2)
-    knn._run("SELECT 1, 0.5", (), "default", 5, partial=True)
+    knn.run("SELECT 1, 0.5", (), "default", 5, partial=True)
     assert settings_now(*GUCS) == before
 
 
 def test_query_settings_apply_to_the_query_itself(embedded):
     from visualsearch.query import knn
 
-    rows = knn._run("SELECT 1, current_setting('enable_sort')", (), "default", 5, partial=True)
+    rows = knn.run("SELECT 1, current_setting('enable_sort')", (), "default", 5, partial=True)
     assert rows == [(1, "off")]
 
 

@@ -11,9 +11,15 @@ from django.template import Context, Template
 from rest_framework.test import APIClient
 
 from shop.catalog.models import Product, ProductImage
-from tests.api.test_api import IMAGE_URL, TEXT_URL, error_messages, similar_url, upload, vary
-from tests.conftest import make_image_bytes
-from visualsearch.encoders import get_encoder
+from tests.api.test_api import (  # noqa: F401  (fixtures)
+    IMAGE_URL,
+    TEXT_URL,
+    error_messages,
+    similar_url,
+    upload,
+    vary,
+)
+from tests.conftest import make_image_bytes, ready_images
 
 pytestmark = pytest.mark.django_db
 
@@ -55,17 +61,7 @@ def catalog(category):
         for i, label in enumerate(labels)
     ]
     vectors = [unit(dimensions, s, i + 1) for i, s in enumerate([1.0, *NEAR, *FAR])]
-    ProductImage.objects.bulk_create(
-        ProductImage(
-            product=product,
-            category=product.category,
-            image=f"products/{product.pk}.jpg",
-            embedding=vector,
-            embedding_status="ready",
-            embedding_model=get_encoder().model_id,
-        )
-        for product, vector in zip(products, vectors, strict=True)
-    )
+    ready_images(products, vectors=np.stack(vectors))
     return products
 
 

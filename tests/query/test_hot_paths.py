@@ -76,7 +76,7 @@ def test_sorting_stays_off_only_for_the_statement(catalog):
     with connection.cursor() as cursor:
         cursor.execute("SHOW enable_sort")
         before = cursor.fetchone()[0]
-    rows = knn._run("SELECT 1, current_setting('enable_sort')", (), "default", 5)
+    rows = knn.run("SELECT 1, current_setting('enable_sort')", (), "default", 5)
     assert rows == [(1, "off")]
     with connection.cursor() as cursor:
         cursor.execute("SHOW enable_sort")

@@ -169,6 +169,8 @@ def mark_pending(product_pks: Iterable) -> list:
 
 def images_changed(image_pks: Iterable) -> list:
     """:func:`mark_pending` for the products of these images; the text-row pks."""
+    if visualsearch_settings.FUSION is None:
+        return []  # no query at all after every image task while fusion is off
     storage = image_storage()
     products = storage.image_model._base_manager.filter(pk__in=list(image_pks))
     field = storage.image_model._meta.get_field(visualsearch_settings.PRODUCT_FIELD).attname

@@ -26,7 +26,7 @@ from django.db import connections
 
 from visualsearch.conf import visualsearch_settings
 from visualsearch.query import pixelcheck
-from visualsearch.query.knn import _run as run_knn
+from visualsearch.query.knn import run as run_knn
 from visualsearch.storage.layout import image_storage
 from visualsearch.storage.lookup import get_product_model
 

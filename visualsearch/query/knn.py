@@ -105,7 +105,7 @@ def nearest(
             sql, params = statements.compiled((*shape, fetch, exact), build, values)
         else:
             sql, params = build(values).query.sql_with_params()
-        rows = _run(sql, params, db, fetch, exact, partial=indexed)
+        rows = run(sql, params, db, fetch, exact, partial=indexed)
         best = _best_per_product(rows)
         if len(best) >= k or fetch >= MAX_FETCH:
             break
@@ -263,13 +263,13 @@ def _distance(model: type, query: Any, exact: bool = False) -> Any:
 
 
 def fetch(queryset, product_field: str, limit: int, exact: bool = False) -> list[tuple]:
-    """Evaluate ``queryset[:limit]`` as ``(product pk, distance)`` rows (see :func:`_run`);
+    """Evaluate ``queryset[:limit]`` as ``(product pk, distance)`` rows (see :func:`run`);
     ``product_field`` is the rows' lookup of their product."""
     sql, params = queryset.values_list(product_field, "distance")[:limit].query.sql_with_params()
-    return _run(sql, params, queryset.db, limit, exact)
+    return run(sql, params, queryset.db, limit, exact)
 
 
-def _run(
+def run(
     sql: str, params: tuple, db: str, limit: int, exact: bool = False, partial: bool = False
 ) -> list[tuple]:
     """Run a k-NN statement; through the index with the HNSW settings (SET LOCAL).
@@ -352,7 +352,7 @@ def _set_local(settings: dict[str, str]) -> str:
 
 
 def _run_in_savepoint(connection: Any, sql: str, params: tuple, settings: dict) -> list[tuple]:
-    """:func:`_run` inside the caller's transaction (``ATOMIC_REQUESTS``): in a savepoint,
+    """:func:`run` inside the caller's transaction (``ATOMIC_REQUESTS``): in a savepoint,
     which ``SET LOCAL`` outlives, so the values read before go back after the statement, in
     the round trip that releases the savepoint (as many round trips as a plain savepoint)."""
     sid = transaction.savepoint(using=connection.alias)

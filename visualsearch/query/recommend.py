@@ -27,6 +27,7 @@ product comes back with ``recommendation`` (``"similar"`` or ``"explore"``) and
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -200,8 +201,7 @@ def recommend(
     strategy = _strategy(strategy)
     viewed, exclude = list(viewed), list(exclude)
     filters = compact_filters(filters)  # a pk__in of thousands of ids: one array parameter
-    image_preference = preference_vector(viewed)
-    preference = None if image_preference is None else _Preference(image_preference, viewed)
+    preference = _Preference.of(viewed)
     explore_count = k if preference is None else round(k * exploration)
     seen = set(viewed) | set(exclude) | _beside(viewed, preference, queryset, filters)
 
@@ -251,21 +251,31 @@ def _beside(viewed: list, preference: Any, queryset: Any, filters: dict) -> set:
 
 
 class _Preference:
-    """The shopper's preference: the image vector, and the text vector where text counts, or
-    the fused vector where recommendations rank by fused vectors (``FUSED_SURFACES``)."""
+    """The shopper's preference: the fused vector where recommendations rank by fused
+    vectors (``FUSED_SURFACES``), else the image vector, and the text vector where text
+    counts."""
 
-    def __init__(self, image: np.ndarray, viewed: list) -> None:
-        self.image = image
+    def __init__(self, viewed: list, image: Any = None, fused: Any = None, recipe: Any = None):
+        self.image, self.fused, self.recipe = image, fused, recipe
         self.text, self.text_weight = None, 0.0
-        self.recipe = fusion.serves("recommend")
-        self.fused = None if self.recipe is None else _fused_preference(viewed, self.recipe)
-        if self.fused is not None:
-            return
         text_model = get_text_model()
         weight = _setting_share("RECOMMEND_TEXT_WEIGHT")
-        if text_model is not None and weight > 0:
+        if fused is None and text_model is not None and weight > 0:
             self.text = preference_vector(viewed, model=text_model)
             self.text_weight = weight if self.text is not None else 0.0
+
+    @classmethod
+    def of(cls, viewed: list) -> _Preference | None:
+        """The preference of ``viewed`` (pks, most recent last); None if none is embedded.
+        The image vectors are averaged only when no fused vector serves."""
+        if not viewed:
+            return None
+        recipe = fusion.serves("recommend")
+        fused_vector = None if recipe is None else _fused_preference(viewed, recipe)
+        if fused_vector is not None:
+            return cls(viewed, fused=fused_vector, recipe=recipe)
+        image = preference_vector(viewed)
+        return None if image is None else cls(viewed, image=image)
 
 
 def _similar(
@@ -279,32 +289,26 @@ def _similar(
     if count < 1:
         return []
     size = count * SIMILAR_POOL
+    options = {"exclude": exclude, "queryset": queryset, **filters}
     if preference.fused is not None:
-        pool = _fused_pool(preference, size, count, exclude, queryset, filters)
-    elif preference.text_weight:
-        pool = nearest_products(
-            preference.image, size, exclude=exclude, queryset=queryset, **filters
-        )
-        pool = _with_text_neighbours(pool, preference, count, exclude, queryset, filters)
+        current = preference.recipe
+        pool = fused.nearest(preference.fused, size, current, **options)
+        vectors = partial(fused.product_vectors, current=current)
+        dimensions = current.dimensions
     else:
-        pool = nearest_products(
-            preference.image, size, exclude=exclude, queryset=queryset, **filters
-        )
-        if len(pool) > count:
-            pool = _spread_by_image(pool, preference, count)
+        pool = nearest_products(preference.image, size, **options)
+        if preference.text_weight:
+            pool = _with_text_neighbours(pool, preference, count, exclude, queryset, filters)
+        vectors, dimensions = diversity.product_vectors, len(preference.image)
+    if len(pool) > count and not preference.text_weight:  # the text blend spread its own
+        found = vectors([product.pk for product in pool])
+        matrix = np.stack([found.get(p.pk, np.zeros(dimensions, np.float32)) for p in pool])
+        relevance = np.array([product.similarity for product in pool])
+        pool = _spread(pool, relevance, diversity.unit(matrix), count)
     pool = pool[:count]
     for product in pool:
         product.recommendation = SIMILAR
     return pool
-
-
-def _spread_by_image(pool: list, preference: _Preference, count: int) -> list:
-    """``count`` of ``pool`` spread apart by maximal marginal relevance over image vectors."""
-    vectors = diversity.product_vectors(product.pk for product in pool)
-    dimensions = len(preference.image)
-    matrix = np.stack([vectors.get(p.pk, np.zeros(dimensions)) for p in pool])
-    relevance = np.array([product.similarity for product in pool])
-    return _spread(pool, relevance, matrix, count)
 
 
 def _fused_preference(viewed: list, current: Any) -> np.ndarray | None:
@@ -321,24 +325,6 @@ def _fused_preference(viewed: list, current: Any) -> np.ndarray | None:
         if focus <= 0 or float(diversity.unit(vector) @ latest) >= focus
     ]
     return np.mean(np.stack(near), axis=0)
-
-
-def _fused_pool(
-    preference: _Preference, size: int, count: int, exclude: set, queryset: Any, filters: dict
-) -> list:
-    """``count`` products near the fused preference, spread by maximal marginal relevance."""
-    current = preference.recipe
-    pool = fused.nearest(
-        preference.fused, size, current, exclude=exclude, queryset=queryset, **filters
-    )
-    if len(pool) <= count:
-        return pool
-    vectors = fused.product_vectors((product.pk for product in pool), current)
-    matrix = diversity.unit(
-        np.stack([vectors.get(p.pk, np.zeros(current.dimensions, np.float32)) for p in pool])
-    )
-    relevance = np.array([product.similarity for product in pool])
-    return _spread(pool, relevance, matrix, count)
 
 
 def _with_text_neighbours(
