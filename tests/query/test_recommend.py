@@ -305,8 +305,14 @@ def test_text_weight_blends_image_and_text_similarity(worded, settings):
 
 
 def test_text_weight_is_ignored_without_text_search(catalog, twin, settings):
+    # Compared with the image-only picks, not a fixed product: the HNSW walk is approximate,
+    # and in one full CI run it put another product before the twin (not reproduced alone).
+    vary(settings, RECOMMEND_TEXT_WEIGHT=0)
+    by_image = recommend.recommend([catalog[0].pk], 3, exploration=0)
+    assert len(by_image) == 3 and {p.recommendation for p in by_image} == {SIMILAR}
     vary(settings, RECOMMEND_TEXT_WEIGHT=1)  # TEXT_MODEL is None in the suite
-    assert recommend.recommend([catalog[0].pk], 3, exploration=0)[0] == twin
+    weighted = recommend.recommend([catalog[0].pk], 3, exploration=0)
+    assert [(p, p.similarity) for p in weighted] == [(p, p.similarity) for p in by_image]
 
 
 def test_products_without_a_text_vector_still_count_by_their_image(worded, settings, make_product):
