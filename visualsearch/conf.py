@@ -177,6 +177,17 @@ DEFAULTS: dict[str, Any] = {
     # products), "photo" (search by image; the photo's text part is borrowed from its nearest
     # products) and "recommend" (recommended for you).
     "FUSED_SURFACES": ["similar", "photo", "recommend"],
+    # Read replicas (visualsearch.storage.routing.ReplicaRouter in DATABASE_ROUTERS): database
+    # aliases that serve the vector reads; list the primary ("default") too to spread reads
+    # over it. []: every query on the primary.
+    "READ_DATABASES": [],
+    # A replica further behind the primary than this (seconds) is skipped until it catches up.
+    "REPLICA_MAX_LAG_SECONDS": 5.0,
+    # Seconds a replica's health and lag check is reused per process (one check, not one a query).
+    "REPLICA_CHECK_SECONDS": 2.0,
+    # Seconds a client (cookie, visualsearch.web.pinning) or thread that wrote reads from the
+    # primary afterwards: at least REPLICA_MAX_LAG_SECONDS + REPLICA_CHECK_SECONDS.
+    "PIN_PRIMARY_SECONDS": 10.0,
 }
 
 # Settings that hold dotted paths, resolved on access under the name with "_CLASS" appended.

@@ -12,6 +12,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from visualsearch.models import EmbeddingStatus
+from visualsearch.storage import routing
 from visualsearch.web import cache
 
 EMBEDDING_READONLY_FIELDS = (
@@ -82,7 +83,7 @@ def reembed_selected(modeladmin: admin.ModelAdmin, request: Any, queryset: Any) 
         embedding_updated_at=timezone.now(),
         embedding_attempts=0,
     )
-    cache.invalidate(using=queryset.db)
+    cache.invalidate(using=routing.write_alias(queryset))
     sent = enqueue(queryset.model, pks, force=True)
     level = messages.SUCCESS if sent == len(pks) else messages.WARNING
     modeladmin.message_user(
@@ -101,7 +102,7 @@ def mark_stale_selected(modeladmin: admin.ModelAdmin, request: Any, queryset: An
         embedding_status=EmbeddingStatus.STALE, embedding_updated_at=timezone.now()
     )
     if count:
-        cache.invalidate(using=queryset.db)  # update() sends no signals
+        cache.invalidate(using=routing.write_alias(queryset))  # update() sends no signals
     skipped = f" {total - count} not ready, left as they were." if total - count else ""
     modeladmin.message_user(
         request,

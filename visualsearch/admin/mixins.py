@@ -25,6 +25,7 @@ from visualsearch.admin.helpers import (
 )
 from visualsearch.conf import visualsearch_settings
 from visualsearch.models import EmbeddingQuerySet, EmbeddingStatus, ImageEmbedding
+from visualsearch.storage import routing
 from visualsearch.storage.layout import image_storage
 from visualsearch.web.forms import EmbeddableImageField
 
@@ -46,7 +47,8 @@ def retry_failed_selected(modeladmin: admin.ModelAdmin, request: Any, queryset: 
         embedding_updated_at=timezone.now(),
     )
     sent: list[int] = []
-    transaction.on_commit(lambda: sent.append(enqueue(queryset.model, pks)), using=queryset.db)
+    using = routing.write_alias(queryset)  # where the update() above wrote
+    transaction.on_commit(lambda: sent.append(enqueue(queryset.model, pks)), using=using)
     skipped = f" {total - len(pks)} not failed, left as they were." if total > len(pks) else ""
     if sent:
         text = f"Enqueued {sent[0]} of {len(pks)} failed image(s) again."
