@@ -80,3 +80,14 @@ worker: $(VENV)/.installed
 
 clean-db:
 	rm -rf .pgdata
+
+# Inference off the web host (docs/scaling.md): an encoder worker on the embedding queue only
+# (solo pool, the model loaded once), and the KServe v2 model server of the configured encoder.
+.PHONY: encoder-worker kserve
+KSERVE_PORT ?= 8080
+encoder-worker: $(VENV)/.installed
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py visualsearch_worker --pool solo
+
+kserve: $(VENV)/.installed
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) -m visualsearch.contrib.kserve_model \
+		--http_port $(KSERVE_PORT) --enable_grpc false

@@ -82,6 +82,16 @@ DEFAULTS: dict[str, Any] = {
     "WARM_UP_WORKERS": True,
     # Celery queue for embedding tasks (None: the default queue).
     "QUEUE": None,
+    # Where query photos (and words, with CLIP) are encoded: "local" (in the web process, by
+    # the serving encoder) or "remote" (the KServe v2 endpoint of REMOTE_ENCODER, which must
+    # serve the same model: its model id is checked; a down endpoint answers 503).
+    "QUERY_ENCODER": "local",
+    # The KServe v2 / Open Inference Protocol endpoint of QUERY_ENCODER "remote", keyword
+    # arguments of visualsearch.encoders.remote.KServeV2Encoder: {"url": "http://gpu-1:8080",
+    # "model": "visualsearch", "timeout": 10.0, "connect_timeout": 2.0, "retries": 2,
+    # "backoff": 0.2, "dimensions": None, "batch_size": 32} (only "url" is required). Workers
+    # encode remotely by naming that class as ENCODER with these as ENCODER_OPTIONS.
+    "REMOTE_ENCODER": {},
     # Django cache alias for rendered widgets; seconds a similar-products widget is cached
     # (0: never). Entries are dropped whenever embeddings or products change.
     "CACHE_ALIAS": "default",

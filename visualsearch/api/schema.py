@@ -77,6 +77,12 @@ ERROR_RESPONSES = {
     403: OpenApiResponse(ErrorSerializer, description="Refused by `API_PERMISSION_CLASSES`."),
     429: OpenApiResponse(ErrorSerializer, description="Too many requests (`API_THROTTLE_RATE`)."),
 }
+#: A remote inference endpoint (``QUERY_ENCODER = "remote"``) that cannot encode the query.
+ENCODER_UNAVAILABLE = OpenApiResponse(
+    ErrorSerializer,
+    description="The inference endpoint that encodes queries is down or misconfigured "
+    "(`QUERY_ENCODER` remote); `Retry-After` says when to try again.",
+)
 NOT_FOUND = OpenApiResponse(ErrorSerializer, description="No such product.")
 UNSUPPORTED_MEDIA_TYPE = OpenApiResponse(
     ErrorSerializer, description="The body is not `multipart/form-data`."

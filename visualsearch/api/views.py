@@ -31,6 +31,7 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from visualsearch.api.schema import (
+    ENCODER_UNAVAILABLE,
     ERROR_RESPONSES,
     NOT_FOUND,
     UNSUPPORTED_MEDIA_TYPE,
@@ -44,6 +45,7 @@ from visualsearch.api.serializers import (
 )
 from visualsearch.conf import visualsearch_settings
 from visualsearch.encoders import TextEncodingNotSupported
+from visualsearch.encoders.remote import RemoteEncoderError, public_reason
 from visualsearch.ingest.images import InvalidCrop, InvalidImage, open_query_image
 from visualsearch.query import search, search_by_text, similar_products
 from visualsearch.query.cutoff import Cutoff
@@ -59,6 +61,14 @@ class TextSearchUnavailable(exceptions.APIException):
     status_code = status.HTTP_400_BAD_REQUEST
     default_detail = "Search by text is not available with this encoder."
     default_code = "text_search_unavailable"
+
+
+class EncoderUnavailable(exceptions.APIException):
+    """The remote inference endpoint (``QUERY_ENCODER = "remote"``) is down or unusable."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "Search is unavailable right now: try again in a moment."
+    default_code = "encoder_unavailable"
 
 
 class VisualSearchAPIView(APIView):
@@ -94,7 +104,14 @@ class VisualSearchAPIView(APIView):
             )
         elif isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
             exc = exceptions.ParseError("The request has too many form fields or files.")
-        return super().handle_exception(exc)
+        elif isinstance(exc, RemoteEncoderError):  # the inference endpoint: 503, not a 500
+            exc = EncoderUnavailable(
+                f"Search is unavailable right now ({public_reason(exc)}): try again in a moment."
+            )
+        response = super().handle_exception(exc)
+        if isinstance(exc, EncoderUnavailable):
+            response["Retry-After"] = "10"
+        return response
 
     def validated(self, serializer_class: type[Serializer], data: Any) -> dict[str, Any]:
         serializer = serializer_class(data=data, context={"request": self.request})
@@ -150,7 +167,12 @@ class TextSearchView(VisualSearchAPIView):
             "With neither, the answer is a 400 saying so."
         ),
         parameters=[TextSearchSerializer],
-        responses={200: SearchResultsSerializer, 400: VALIDATION_ERROR, **ERROR_RESPONSES},
+        responses={
+            200: SearchResultsSerializer,
+            400: VALIDATION_ERROR,
+            503: ENCODER_UNAVAILABLE,
+            **ERROR_RESPONSES,
+        },
         tags=["visualsearch"],
     )
     def get(self, request: Request) -> Response:
@@ -187,6 +209,7 @@ class ImageSearchView(VisualSearchAPIView):
             200: SearchResultsSerializer,
             400: VALIDATION_ERROR,
             415: UNSUPPORTED_MEDIA_TYPE,
+            503: ENCODER_UNAVAILABLE,
             **ERROR_RESPONSES,
         },
         tags=["visualsearch"],

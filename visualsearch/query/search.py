@@ -16,7 +16,8 @@ from PIL import Image
 
 from visualsearch.conf import visualsearch_settings
 from visualsearch.encoders.base import l2_normalize
-from visualsearch.encoders.serving import refresh, retry_after_switch, serving_encoder, switching
+from visualsearch.encoders.remote import query_encoder
+from visualsearch.encoders.serving import refresh, retry_after_switch, switching
 from visualsearch.ingest import fusion
 from visualsearch.ingest.images import open_query_image
 from visualsearch.query.fused import nearest as fused_nearest
@@ -100,7 +101,7 @@ def _search(image: Image.Image | None, text: str, k: int, queryset: Any, filters
     (read afresh during a switch: the photo must be in the space of the vectors served)."""
     if switching():
         refresh()
-    encoder = serving_encoder()
+    encoder = query_encoder()  # the serving encoder, or the remote endpoint (QUERY_ENCODER)
     hybrid = bool(text) and bool(visualsearch_settings.TEXT_MODEL)
     vectors = []
     text_vector = None

@@ -18,6 +18,7 @@ from django.utils.module_loading import import_string
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 
 from visualsearch.conf import visualsearch_settings
+from visualsearch.encoders.remote import RemoteEncoderError, public_reason
 
 
 class UploadLimit(FileUploadHandler):
@@ -69,7 +70,8 @@ def throttles() -> list:
 def search_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     """Decorate a search view (a page with :class:`~visualsearch.web.forms.ImageUploadForm`):
     searches (a POST, or a GET with a query string) count against the API's throttle and
-    are answered 429 past it; one photo within ``MAX_IMAGE_BYTES`` is kept per request.
+    are answered 429 past it; one photo within ``MAX_IMAGE_BYTES`` is kept per request. An
+    inference endpoint that is down (``QUERY_ENCODER = "remote"``) is answered 503.
 
     CSRF is still checked, after the upload handler is in place (Django's documented way to
     change upload handlers in a view).
@@ -84,9 +86,23 @@ def search_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse
                 if not throttle.allow_request(request, None):
                     return too_many_requests(throttle.wait())
         request.upload_handlers.insert(0, UploadLimit(int(visualsearch_settings.MAX_IMAGE_BYTES)))
-        return protected(request, *args, **kwargs)
+        try:
+            return protected(request, *args, **kwargs)
+        except RemoteEncoderError as exc:  # QUERY_ENCODER "remote" and the endpoint is down
+            return encoder_unavailable(exc)
 
     return guarded
+
+
+def encoder_unavailable(exc: RemoteEncoderError) -> HttpResponse:
+    """503 with ``Retry-After`` when the inference endpoint cannot encode the search."""
+    response = HttpResponse(
+        f"Search is unavailable right now ({public_reason(exc)}): try again in a moment.\n",
+        status=503,
+        content_type="text/plain; charset=utf-8",
+    )
+    response["Retry-After"] = "10"
+    return response
 
 
 def too_many_requests(wait: float | None) -> HttpResponse:
