@@ -40,7 +40,8 @@ def vacuum_hnsw_tables() -> None:
     Every test's rolled-back rows stay in the HNSW graph until a vacuum, and the suite writes
     the same vectors again and again (fixed seeds, the same drawn photos). pgvector's HNSW is
     not made for a graph of many identical vectors: the likely cause of two flaky failures in
-    which a k-NN answer missed the exact match. A shop's autovacuum keeps up with its own churn; the suite's outpaces it.
+    which a k-NN answer missed the exact match. A shop's autovacuum keeps up with its own
+    churn; the suite's outpaces it.
     """
     import psycopg
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
@@ -435,22 +436,28 @@ def start_warm_up(**kwargs: object) -> None:
 
 def warm_up_encoder(**kwargs: object) -> None:
     """Load the encoders now rather than on the first task (logs what it loaded)."""
-    from visualsearch.encoders import get_encoder
+    if visualsearch_settings.WARM_UP_WORKERS:
+        load_encoders()
 
-    if not visualsearch_settings.WARM_UP_WORKERS:
-        return
-    try:
-        encoder = get_encoder()
-        encoder.warm_up()
-        logger.info("visualsearch: %r loaded", encoder)
-    except Exception:  # a broken model must not stop the worker; tasks will report it
-        logger.exception("visualsearch: could not load the encoder")
+
+def load_encoders() -> list[tuple[object, float]]:
+    """Load the image encoder, and the text encoder where text search is on; returns
+    ``(encoder, seconds)`` for each loaded. A broken model is logged, not raised: it must not
+    stop the worker, and its tasks report it."""
+    from visualsearch.encoders import get_encoder, get_text_encoder
+
+    getters = [(get_encoder, "encoder")]
     if visualsearch_settings.TEXT_MODEL:
-        from visualsearch.encoders import get_text_encoder
-
+        getters.append((get_text_encoder, "text encoder"))
+    loaded = []
+    for get, name in getters:
+        started = time.monotonic()
         try:
-            text_encoder = get_text_encoder()
-            text_encoder.warm_up()
-            logger.info("visualsearch: %r loaded", text_encoder)
+            encoder = get()
+            encoder.warm_up()
         except Exception:
-            logger.exception("visualsearch: could not load the text encoder")
+            logger.exception("visualsearch: could not load the %s", name)
+            continue
+        loaded.append((encoder, time.monotonic() - started))
+        logger.info("visualsearch: %r loaded", encoder)
+    return loaded

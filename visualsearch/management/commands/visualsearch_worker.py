@@ -18,7 +18,6 @@ Arguments after ``--`` go to ``celery worker`` as they are.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -95,18 +94,14 @@ class Command(BaseCommand):
         return current_app._get_current_object()
 
     def _warm_up(self) -> None:
-        """Load the encoder in this process now; the worker's tasks share it (``get_encoder``)."""
-        from visualsearch.encoders import get_encoder
+        """Load the encoders in this process now; the worker's tasks share them."""
+        from visualsearch.ingest.tasks import load_encoders
 
-        started = time.monotonic()
-        try:
-            encoder = get_encoder()
-            encoder.warm_up()
-        except Exception as exc:  # a remote endpoint still starting: the tasks will retry
-            self.stderr.write(f"visualsearch_worker: could not load the encoder now: {exc!r}")
-            return
-        self.stdout.write(
-            f"visualsearch_worker: {encoder!r} loaded in {time.monotonic() - started:.2f}s "
-            f"(pid {os.getpid()})"
-        )
+        loaded = load_encoders()
+        if not loaded:  # a remote endpoint still starting: the tasks will retry
+            self.stderr.write("visualsearch_worker: could not load the encoder now (see the log)")
+        for encoder, seconds in loaded:
+            self.stdout.write(
+                f"visualsearch_worker: {encoder!r} loaded in {seconds:.2f}s (pid {os.getpid()})"
+            )
         self.stdout.flush()
